@@ -1,0 +1,48 @@
+/*
+ * buffer.h — the write buffer: recent writes, readable without locks.
+ *
+ * One writer at a time (callers serialise) inserts versions of keys; any
+ * number of readers look keys up and iterate in key order concurrently,
+ * without locks. Each key keeps a chain of versions, newest first, each
+ * tagged with the write's sequence number, so a reader at sequence S sees
+ * exactly the newest version with seq <= S. Values are copied into the
+ * buffer's own arena and stay at a fixed address until buf_free.
+ */
+#ifndef KYRO_BUFFER_H
+#define KYRO_BUFFER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct buf buf;
+
+int buf_new(buf **out);           /* KV_OK / KV_ENOMEM */
+void buf_free(buf *b);            /* no reader may still use it */
+
+/* Writer side (one thread at a time). tombstone != 0 records a delete
+ * (val/len ignored). The value is copied. KV_OK / KV_ENOMEM. */
+int buf_put(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len);
+
+/* Reader side (any thread, lock-free). */
+enum { BUF_ABSENT = 0, BUF_VALUE = 1, BUF_TOMBSTONE = 2 };
+/* The newest version of key with seq <= max_seq. */
+int buf_get(const buf *b, uint64_t key, uint64_t max_seq, const void **val, size_t *len);
+
+uint64_t buf_keys(const buf *b);     /* distinct keys inserted */
+uint64_t buf_writes(const buf *b);   /* versions inserted */
+uint64_t buf_memory(const buf *b);   /* heap bytes held */
+
+/* Ordered iteration, lock-free. Visits each key >= lo in ascending order that
+ * has a version with seq <= max_seq, reporting that version (value or
+ * tombstone). Keys inserted during the iteration may or may not be seen. */
+typedef struct {
+    const buf *b;
+    const void *node;
+    uint64_t max_seq;
+} buf_iter;
+void buf_iter_seek(const buf *b, buf_iter *it, uint64_t lo, uint64_t max_seq);
+/* Returns BUF_VALUE / BUF_TOMBSTONE with the current entry and advances, or
+ * BUF_ABSENT at the end. */
+int buf_iter_next(buf_iter *it, uint64_t *key, const void **val, size_t *len);
+
+#endif

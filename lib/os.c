@@ -1,0 +1,282 @@
+/*
+ * os.c — every system call KyroDB makes on files, behind one seam.
+ *
+ * Each wrapper asks the fault hook (if one is installed) before acting, so
+ * tests can fail the Nth write with ENOSPC, make a write short, or fail an
+ * fsync. Wrappers retry EINTR and short transfers themselves; callers see
+ * 0 / a count on success and -errno on failure. Nothing here prints.
+ */
+#include "os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static os_fault_fn fault_fn;
+static void *fault_ctx;
+
+void os_set_fault_hook(os_fault_fn fn, void *ctx)
+{
+    fault_fn = fn;
+    fault_ctx = ctx;
+}
+
+/* 0 to proceed, -errno to fail, or for writes a positive short length. */
+static int fault(os_op op, const char *path, size_t len)
+{
+    return fault_fn ? fault_fn(fault_ctx, op, path, len) : 0;
+}
+
+int os_open(const char *path, int flags, int mode, int *fd_out)
+{
+    int rc = fault(OS_OPEN, path, 0);
+    if (rc < 0)
+        return rc;
+    int fd;
+    do
+        fd = open(path, flags | O_CLOEXEC, mode);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        return -errno;
+    *fd_out = fd;
+    return 0;
+}
+
+int os_close(int fd)
+{
+    return close(fd) == 0 ? 0 : -errno;
+}
+
+int os_mkdir(const char *path)
+{
+    int rc = fault(OS_MKDIR, path, 0);
+    if (rc < 0)
+        return rc;
+    if (mkdir(path, 0755) == 0)
+        return 0;
+    if (errno == EEXIST) {
+        struct stat st;
+        if (stat(path, &st) == 0 && S_ISDIR(st.st_mode))
+            return 0;
+        return -ENOTDIR;
+    }
+    return -errno;
+}
+
+int os_pread_full(int fd, void *buf, size_t len, uint64_t off)
+{
+    int rc = fault(OS_READ, NULL, len);
+    if (rc < 0)
+        return rc;
+    uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EIO; /* unexpected end of file */
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Shared loop for write and pwrite; off < 0 means "current position". */
+static int write_loop(int fd, const void *buf, size_t len, int64_t off)
+{
+    int rc = fault(OS_WRITE, NULL, len);
+    if (rc < 0)
+        return rc;
+    if (rc > 0 && (size_t)rc < len) {
+        /* Injected short write: put part of the data down, then fail the
+         * rest as a full disk would. */
+        len = (size_t)rc;
+        int wrc = write_loop(fd, buf, len, off);
+        return wrc < 0 ? wrc : -ENOSPC;
+    }
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = off < 0 ? write(fd, p, len) : pwrite(fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EIO;
+        p += n;
+        len -= (size_t)n;
+        if (off >= 0)
+            off += n;
+    }
+    return 0;
+}
+
+int os_write_full(int fd, const void *buf, size_t len)
+{
+    return write_loop(fd, buf, len, -1);
+}
+
+int os_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
+{
+    return write_loop(fd, buf, len, (int64_t)off);
+}
+
+int os_fdatasync(int fd)
+{
+    int rc = fault(OS_SYNC, NULL, 0);
+    if (rc < 0)
+        return rc;
+    return fdatasync(fd) == 0 ? 0 : -errno;
+}
+
+int os_fsync(int fd)
+{
+    int rc = fault(OS_SYNC, NULL, 0);
+    if (rc < 0)
+        return rc;
+    return fsync(fd) == 0 ? 0 : -errno;
+}
+
+int os_fsync_dir(const char *dir)
+{
+    int rc = fault(OS_DIRSYNC, dir, 0);
+    if (rc < 0)
+        return rc;
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    rc = fsync(fd) == 0 ? 0 : -errno;
+    close(fd);
+    return rc;
+}
+
+int os_rename(const char *from, const char *to)
+{
+    int rc = fault(OS_RENAME, to, 0);
+    if (rc < 0)
+        return rc;
+    return rename(from, to) == 0 ? 0 : -errno;
+}
+
+int os_unlink(const char *path)
+{
+    int rc = fault(OS_UNLINK, path, 0);
+    if (rc < 0)
+        return rc;
+    if (unlink(path) == 0 || errno == ENOENT)
+        return 0;
+    return -errno;
+}
+
+int os_ftruncate(int fd, uint64_t len)
+{
+    int rc = fault(OS_TRUNCATE, NULL, 0);
+    if (rc < 0)
+        return rc;
+    while (ftruncate(fd, (off_t)len) != 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+int os_file_size(int fd, uint64_t *size)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0)
+        return -errno;
+    *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int os_mmap_read(int fd, size_t len, const void **addr)
+{
+    int rc = fault(OS_MMAP, NULL, len);
+    if (rc < 0)
+        return rc;
+    if (len == 0)
+        return -EINVAL;
+    void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    *addr = p;
+    return 0;
+}
+
+void os_munmap(const void *addr, size_t len)
+{
+    if (addr && len)
+        munmap((void *)addr, len);
+}
+
+static int lock_fd(int fd, int how)
+{
+    int rc = fault(OS_LOCK, NULL, 0);
+    if (rc < 0)
+        return rc;
+    while (flock(fd, how | LOCK_NB) != 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
+int os_lock_exclusive(int fd)
+{
+    return lock_fd(fd, LOCK_EX);
+}
+
+int os_lock_shared(int fd)
+{
+    return lock_fd(fd, LOCK_SH);
+}
+
+int os_read_file(const char *path, void **buf, size_t *len)
+{
+    int fd, rc = os_open(path, O_RDONLY, 0, &fd);
+    if (rc < 0)
+        return rc;
+    uint64_t size;
+    uint8_t *p = NULL;
+    rc = os_file_size(fd, &size);
+    if (rc < 0)
+        goto fail;
+    if (size > SIZE_MAX - 1) {
+        rc = -EFBIG;
+        goto fail;
+    }
+    p = malloc(size ? (size_t)size : 1);
+    if (!p) {
+        rc = -ENOMEM;
+        goto fail;
+    }
+    if (size) {
+        rc = os_pread_full(fd, p, (size_t)size, 0);
+        if (rc < 0)
+            goto fail;
+    }
+    close(fd);
+    *buf = p;
+    *len = (size_t)size;
+    return 0;
+fail:
+    free(p);
+    close(fd);
+    return rc;
+}
+
+int os_path_exists(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0;
+}

@@ -1,0 +1,47 @@
+/*
+ * os.h — the seam between KyroDB and the operating system.
+ *
+ * Every file-system call the library makes goes through here, so tests can
+ * inject faults: a hook sees each call before it happens and may make it fail
+ * with an errno of its choosing. All functions return 0 (or a non-negative
+ * count) on success and -errno on failure; they never print.
+ */
+#ifndef KYRO_OS_H
+#define KYRO_OS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+typedef enum {
+    OS_OPEN, OS_READ, OS_WRITE, OS_SYNC, OS_DIRSYNC, OS_RENAME, OS_UNLINK,
+    OS_TRUNCATE, OS_MMAP, OS_LOCK, OS_MKDIR, OS_OP_COUNT
+} os_op;
+
+/* A fault hook: return 0 to let the call proceed, -errno to fail it.
+ * For OS_WRITE, returning a positive n < len makes the write short (n bytes
+ * are written, then the call fails with -ENOSPC). */
+typedef int (*os_fault_fn)(void *ctx, os_op op, const char *path, size_t len);
+void os_set_fault_hook(os_fault_fn fn, void *ctx); /* NULL removes it; not thread-safe */
+
+int os_open(const char *path, int flags, int mode, int *fd_out);
+int os_close(int fd);
+int os_mkdir(const char *path);                       /* 0 if it already exists as a dir */
+int os_pread_full(int fd, void *buf, size_t len, uint64_t off);  /* -EIO on short read (EOF) */
+int os_write_full(int fd, const void *buf, size_t len);          /* loops over short writes */
+int os_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+int os_fdatasync(int fd);
+int os_fsync(int fd);
+int os_fsync_dir(const char *dir);
+int os_rename(const char *from, const char *to);
+int os_unlink(const char *path);                      /* 0 if already absent */
+int os_ftruncate(int fd, uint64_t len);
+int os_file_size(int fd, uint64_t *size);
+int os_mmap_read(int fd, size_t len, const void **addr); /* PROT_READ, MAP_SHARED */
+void os_munmap(const void *addr, size_t len);
+int os_lock_exclusive(int fd);                        /* non-blocking; -EWOULDBLOCK if held */
+int os_lock_shared(int fd);                           /* non-blocking; -EWOULDBLOCK if held */
+int os_read_file(const char *path, void **buf, size_t *len); /* whole file, malloc'd */
+int os_path_exists(const char *path);                 /* 1 yes, 0 no */
+
+#endif

@@ -1,0 +1,278 @@
+/*
+ * run.c — the base run: sorted keys, value references, the learned index.
+ *
+ * Invariants: keys[0..n) strictly ascending and 64-byte aligned; vrefs[i]
+ * names a byte range inside segs[vrefs[i].seg]; index was trained on exactly
+ * keys[0..n); every run has at least one segment, so a 0-byte value always
+ * has a valid base pointer. A run never changes after it is published; a
+ * fold builds a new one, sharing the old run's segments by reference count.
+ */
+#include "run.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "kyro.h"
+#include "os.h"
+
+static const uint8_t empty_bytes[1];
+
+run_seg *run_seg_new_heap(void *heap, uint64_t len)
+{
+    run_seg *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    atomic_init(&s->refs, 1);
+    s->heap = heap;
+    s->data = heap ? heap : empty_bytes;
+    s->len = len;
+    return s;
+}
+
+run_seg *run_seg_new_map(const void *map, uint64_t map_len, const uint8_t *data, uint64_t len)
+{
+    run_seg *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    atomic_init(&s->refs, 1);
+    s->map = map;
+    s->map_len = map_len;
+    s->data = data;
+    s->len = len;
+    return s;
+}
+
+void run_seg_ref(run_seg *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+void run_seg_unref(run_seg *s)
+{
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    free(s->heap);
+    os_munmap(s->map, (size_t)s->map_len);
+    free(s);
+}
+
+void run_ref(run *r)
+{
+    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+}
+
+void run_unref(run *r)
+{
+    if (!r || atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (uint32_t i = 0; i < r->nsegs; i++)
+        run_seg_unref(r->segs[i]);
+    free(r->segs);
+    free(r->heap_keys);
+    free(r->heap_vrefs);
+    rmi_free(r->index);
+    run_seg_unref(r->file);
+    free(r);
+}
+
+/* Allocate a run shell with room for nsegs segment pointers. */
+static run *run_alloc(uint32_t nsegs)
+{
+    run *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    atomic_init(&r->refs, 1);
+    r->segs = calloc(nsegs ? nsegs : 1, sizeof *r->segs);
+    if (!r->segs) {
+        free(r);
+        return NULL;
+    }
+    return r;
+}
+
+static int run_train(run *r)
+{
+    return rmi_build(r->keys, (size_t)r->n, &r->index);
+}
+
+int run_new_empty(run **out)
+{
+    run *r = run_alloc(1);
+    if (!r)
+        return KV_ENOMEM;
+    r->segs[0] = run_seg_new_heap(NULL, 0);
+    if (!r->segs[0])
+        goto fail;
+    r->nsegs = 1;
+    if (run_train(r) != KV_OK)
+        goto fail;
+    *out = r;
+    return KV_OK;
+fail:
+    run_unref(r);
+    return KV_ENOMEM;
+}
+
+int run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *probed,
+            int *fallback)
+{
+    size_t i = rmi_lower_bound(r->index, r->keys, key, probed, fallback);
+    if (i >= r->n || r->keys[i] != key)
+        return KV_NOTFOUND;
+    *val = run_value(r, i, len);
+    return KV_OK;
+}
+
+uint64_t run_lower_bound(const run *r, uint64_t key)
+{
+    return rmi_lower_bound(r->index, r->keys, key, NULL, NULL);
+}
+
+/* Room for n keys (64-byte aligned, as the probe kernels expect) and refs. */
+static int run_alloc_arrays(run *r, uint64_t n)
+{
+    size_t kbytes = (size_t)((n ? n : 1) * sizeof(uint64_t) + 63) & ~(size_t)63;
+    r->heap_keys = aligned_alloc(64, kbytes);
+    r->heap_vrefs = malloc((size_t)(n ? n : 1) * sizeof(run_vref));
+    if (!r->heap_keys || !r->heap_vrefs)
+        return KV_ENOMEM;
+    r->keys = r->heap_keys;
+    r->vrefs = r->heap_vrefs;
+    return KV_OK;
+}
+
+/*
+ * Merge walk shared by the counting and the filling pass: base pairs and
+ * the frozen buffer's visible entries in key order, buffer entries winning,
+ * tombstones dropping the key. With out == NULL it only counts keys and
+ * buffer value bytes.
+ */
+static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, run *out,
+                       uint32_t new_seg, uint8_t *seg_bytes, uint64_t *nkeys, uint64_t *nbytes,
+                       uint64_t *live_bytes)
+{
+    buf_iter it;
+    uint64_t bkey = 0, i = 0, n = 0, off = 0, live = 0;
+    const void *bval = NULL;
+    size_t blen = 0;
+    uint64_t *keys = out ? (uint64_t *)out->keys : NULL;
+    run_vref *vrefs = out ? (run_vref *)out->vrefs : NULL;
+
+    buf_iter_seek(frozen, &it, 0, max_seq);
+    int bstate = buf_iter_next(&it, &bkey, &bval, &blen);
+    while (i < base->n || bstate != BUF_ABSENT) {
+        int take_buf = bstate != BUF_ABSENT && (i >= base->n || bkey <= base->keys[i]);
+        if (take_buf) {
+            if (i < base->n && base->keys[i] == bkey)
+                i++; /* shadowed by the buffer */
+            if (bstate == BUF_VALUE) {
+                if (out) {
+                    keys[n] = bkey;
+                    vrefs[n] = (run_vref){.off = off, .len = (uint32_t)blen, .seg = new_seg};
+                    if (blen)
+                        memcpy(seg_bytes + off, bval, blen);
+                }
+                n++;
+                off += blen;
+                live += blen;
+            }
+            bstate = buf_iter_next(&it, &bkey, &bval, &blen);
+        } else {
+            if (out) {
+                keys[n] = base->keys[i];
+                vrefs[n] = base->vrefs[i];
+            }
+            live += base->vrefs[i].len;
+            n++;
+            i++;
+        }
+    }
+    *nkeys = n;
+    *nbytes = off;
+    *live_bytes = live;
+}
+
+int run_merge(const run *base, const buf *frozen, uint64_t max_seq, run **out)
+{
+    uint64_t n, nbytes, live;
+    uint8_t *seg_bytes = NULL;
+    merge_walk(base, frozen, max_seq, NULL, 0, NULL, &n, &nbytes, &live);
+
+    run *r = run_alloc(base->nsegs + 1);
+    if (!r)
+        return KV_ENOMEM;
+    if (run_alloc_arrays(r, n) != KV_OK)
+        goto fail;
+    if (nbytes && !(seg_bytes = malloc((size_t)nbytes)))
+        goto fail;
+    r->segs[base->nsegs] = run_seg_new_heap(seg_bytes, nbytes);
+    if (!r->segs[base->nsegs]) {
+        free(seg_bytes);
+        goto fail;
+    }
+    for (uint32_t s = 0; s < base->nsegs; s++) {
+        run_seg_ref(base->segs[s]);
+        r->segs[s] = base->segs[s];
+    }
+    r->nsegs = base->nsegs + 1;
+    merge_walk(base, frozen, max_seq, r, base->nsegs, seg_bytes, &r->n, &nbytes, &live);
+    r->value_bytes = live;
+    if (run_train(r) != KV_OK)
+        goto fail;
+    *out = r;
+    return KV_OK;
+fail:
+    run_unref(r);
+    return KV_ENOMEM;
+}
+
+int run_compact(const run *base, run **out)
+{
+    uint8_t *bytes = NULL;
+    run *r = run_alloc(1);
+    if (!r)
+        return KV_ENOMEM;
+    if (run_alloc_arrays(r, base->n) != KV_OK)
+        goto fail;
+    if (base->value_bytes && !(bytes = malloc((size_t)base->value_bytes)))
+        goto fail;
+    r->segs[0] = run_seg_new_heap(bytes, base->value_bytes);
+    if (!r->segs[0]) {
+        free(bytes);
+        goto fail;
+    }
+    r->nsegs = 1;
+    uint64_t off = 0;
+    uint64_t *keys = r->heap_keys;
+    run_vref *vrefs = r->heap_vrefs;
+    for (uint64_t i = 0; i < base->n; i++) {
+        size_t len;
+        const void *v = run_value(base, i, &len);
+        keys[i] = base->keys[i];
+        vrefs[i] = (run_vref){.off = off, .len = (uint32_t)len, .seg = 0};
+        if (len)
+            memcpy(bytes + off, v, len);
+        off += len;
+    }
+    r->n = base->n;
+    r->value_bytes = off;
+    if (run_train(r) != KV_OK)
+        goto fail;
+    *out = r;
+    return KV_OK;
+fail:
+    run_unref(r);
+    return KV_ENOMEM;
+}
+
+uint64_t run_memory(const run *r)
+{
+    uint64_t m = sizeof *r + r->nsegs * sizeof(run_seg *) + rmi_memory_bytes(r->index);
+    if (r->heap_keys)
+        m += r->n * (sizeof(uint64_t) + sizeof(run_vref));
+    for (uint32_t i = 0; i < r->nsegs; i++) {
+        if (r->segs[i]->heap)
+            m += r->segs[i]->len;
+    }
+    return m;
+}

@@ -1,0 +1,80 @@
+/*
+ * run.h — the base run: every key folded so far, sorted, with its value and
+ * the learned index over the keys. Immutable once published.
+ *
+ * Keys live in a 64-byte aligned array (on the heap, or in place in the
+ * snapshot's mmap); values are referenced by (segment, offset, length), a
+ * segment being a block of value bytes: the snapshot's values section, or a
+ * heap block holding the values of one fold. Runs and segments are reference
+ * counted so successive runs share them.
+ */
+#ifndef KYRO_RUN_H
+#define KYRO_RUN_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buffer.h"
+#include "rmi.h"
+
+typedef struct run_vref {
+    uint64_t off;  /* byte offset within its segment */
+    uint32_t len;  /* value length (<= KV_MAX_VALUE) */
+    uint32_t seg;  /* index into run.segs */
+} run_vref;
+
+typedef struct run_seg {
+    atomic_uint_fast32_t refs;
+    const uint8_t *data;
+    uint64_t len;
+    void *heap;              /* freed with the segment, or NULL */
+    const void *map;         /* munmapped with the segment, or NULL */
+    uint64_t map_len;
+} run_seg;
+
+typedef struct run {
+    atomic_uint_fast32_t refs;
+    uint64_t n;
+    const uint64_t *keys;    /* n keys, strictly ascending, 64-byte aligned */
+    const run_vref *vrefs;   /* n value references */
+    rmi *index;              /* built on keys[0..n) */
+    uint32_t nsegs;
+    run_seg **segs;
+    void *heap_keys, *heap_vrefs; /* freed with the run, or NULL */
+    run_seg *file;           /* the snapshot mapping keys/vrefs point into, or NULL */
+    uint64_t value_bytes;    /* sum of live value lengths */
+} run;
+
+int run_new_empty(run **out);
+run_seg *run_seg_new_heap(void *heap, uint64_t len);
+run_seg *run_seg_new_map(const void *map, uint64_t map_len, const uint8_t *data, uint64_t len);
+void run_seg_ref(run_seg *s);
+void run_seg_unref(run_seg *s);
+void run_ref(run *r);
+void run_unref(run *r);
+
+/* Point lookup: KV_OK with the value, or KV_NOTFOUND. Adds the probe length
+ * to *probed and the fallback to *fallbacks. */
+int run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *probed,
+            int *fallback);
+/* First position with keys[i] >= key. */
+uint64_t run_lower_bound(const run *r, uint64_t key);
+static inline const void *run_value(const run *r, uint64_t i, size_t *len)
+{
+    const run_vref *v = &r->vrefs[i];
+    *len = v->len;
+    return r->segs[v->seg]->data + v->off;
+}
+
+/* A new run: base merged with every entry of frozen visible at max_seq
+ * (frozen wins; tombstones remove). Buffer values are copied into one new
+ * heap segment; base segments are shared. The index is trained. */
+int run_merge(const run *base, const buf *frozen, uint64_t max_seq, run **out);
+/* A new run holding the same pairs with all values copied into one fresh
+ * heap segment (drops dead bytes). */
+int run_compact(const run *base, run **out);
+
+uint64_t run_memory(const run *r);   /* heap bytes owned (not shared mmap) */
+
+#endif

@@ -1,0 +1,191 @@
+/*
+ * version.c — lock-free pinning of the current version, and reclamation.
+ *
+ * Grace periods work like userspace RCU with two parities. A reader picks its
+ * thread's stripe, reads the parity p, increments pins[p], and re-reads the
+ * parity: if it changed, it undoes the increment and tries again (this can
+ * only repeat while reclaimers flip, so readers never wait on a lock or a
+ * writer). ver_synchronize flips the parity and waits until every stripe's
+ * pins[old] is zero: a reader that registered under the old parity has
+ * unpinned, and any later reader loads the current pointer after the flip,
+ * so it cannot see what was retired before. All of it is sequentially
+ * consistent atomics; reclaimers are serialised by sync_lock.
+ *
+ * Versions are reference counted: the domain holds one for the current
+ * version, each view one more. The count reaching zero only queues the
+ * version on a lock-free stack; ver_reclaim frees the queue after a grace
+ * period, because a reader may have loaded the pointer just before.
+ */
+#include "version.h"
+
+#include <sched.h>
+#include <stdlib.h>
+
+static atomic_uint next_stripe;
+static _Thread_local unsigned my_stripe_plus1; /* 0 = not chosen yet */
+
+static unsigned stripe_index(void)
+{
+    if (my_stripe_plus1 == 0)
+        my_stripe_plus1 = atomic_fetch_add(&next_stripe, 1) % VER_STRIPES + 1;
+    return my_stripe_plus1 - 1;
+}
+
+ver_stripe *ver_my_stripe(ver_domain *d)
+{
+    return &d->stripes[stripe_index()];
+}
+
+int ver_domain_init(ver_domain *d, ver *initial)
+{
+    atomic_init(&d->current, initial);
+    atomic_init(&d->parity, 0);
+    atomic_init(&d->retired, NULL);
+    for (unsigned i = 0; i < VER_STRIPES; i++) {
+        ver_stripe *s = &d->stripes[i];
+        atomic_init(&s->pins[0], 0);
+        atomic_init(&s->pins[1], 0);
+        atomic_init(&s->gets, 0);
+        atomic_init(&s->scans, 0);
+        atomic_init(&s->probed, 0);
+        atomic_init(&s->lookups, 0);
+        atomic_init(&s->fallbacks, 0);
+    }
+    return pthread_mutex_init(&d->sync_lock, NULL) == 0 ? 0 : -1;
+}
+
+unsigned ver_pin(ver_domain *d)
+{
+    unsigned s = stripe_index();
+    for (;;) {
+        unsigned p = atomic_load(&d->parity) & 1;
+        atomic_fetch_add(&d->stripes[s].pins[p], 1);
+        if ((atomic_load(&d->parity) & 1) == p)
+            return s << 1 | p;
+        atomic_fetch_sub(&d->stripes[s].pins[p], 1);
+    }
+}
+
+void ver_unpin(ver_domain *d, unsigned token)
+{
+    atomic_fetch_sub_explicit(&d->stripes[token >> 1].pins[token & 1], 1, memory_order_release);
+}
+
+void ver_synchronize(ver_domain *d)
+{
+    pthread_mutex_lock(&d->sync_lock);
+    unsigned old = atomic_fetch_add(&d->parity, 1) & 1;
+    for (unsigned i = 0; i < VER_STRIPES; i++) {
+        while (atomic_load(&d->stripes[i].pins[old]) != 0)
+            sched_yield();
+    }
+    pthread_mutex_unlock(&d->sync_lock);
+}
+
+ver_buf *ver_buf_new(buf *b)
+{
+    ver_buf *vb = malloc(sizeof *vb);
+    if (!vb)
+        return NULL;
+    atomic_init(&vb->refs, 1);
+    vb->b = b;
+    return vb;
+}
+
+void ver_buf_ref(ver_buf *vb)
+{
+    atomic_fetch_add_explicit(&vb->refs, 1, memory_order_relaxed);
+}
+
+void ver_buf_unref(ver_buf *vb)
+{
+    if (vb && atomic_fetch_sub_explicit(&vb->refs, 1, memory_order_acq_rel) == 1) {
+        buf_free(vb->b);
+        free(vb);
+    }
+}
+
+ver *ver_new(ver_buf *active, ver_buf *frozen, run *base)
+{
+    ver *v = malloc(sizeof *v);
+    if (!v)
+        return NULL;
+    atomic_init(&v->refs, 1);
+    v->active = active;
+    v->frozen = frozen;
+    v->base = base;
+    v->retired_next = NULL;
+    ver_buf_ref(active);
+    if (frozen)
+        ver_buf_ref(frozen);
+    run_ref(base);
+    return v;
+}
+
+static void ver_free(ver *v)
+{
+    ver_buf_unref(v->active);
+    ver_buf_unref(v->frozen);
+    run_unref(v->base);
+    free(v);
+}
+
+ver *ver_acquire(ver_domain *d)
+{
+    for (;;) {
+        unsigned tok = ver_pin(d);
+        ver *v = ver_current(d);
+        uint_fast32_t n = atomic_load(&v->refs);
+        /* Increment only if still live: a count of zero means the version
+         * is already queued for reclamation; load the newer current. */
+        while (n != 0 && !atomic_compare_exchange_weak(&v->refs, &n, n + 1)) {
+        }
+        ver_unpin(d, tok);
+        if (n != 0)
+            return v;
+    }
+}
+
+void ver_release(ver_domain *d, ver *v)
+{
+    if (atomic_fetch_sub(&v->refs, 1) != 1)
+        return;
+    ver *head = atomic_load(&d->retired);
+    do
+        v->retired_next = head;
+    while (!atomic_compare_exchange_weak(&d->retired, &head, v));
+}
+
+void ver_publish(ver_domain *d, ver *v)
+{
+    ver *old = atomic_exchange(&d->current, v);
+    if (old)
+        ver_release(d, old);
+}
+
+void ver_reclaim(ver_domain *d)
+{
+    if (atomic_load(&d->retired) == NULL)
+        return;
+    ver *list = atomic_exchange(&d->retired, NULL);
+    ver_synchronize(d);
+    while (list) {
+        ver *next = list->retired_next;
+        ver_free(list);
+        list = next;
+    }
+}
+
+void ver_domain_destroy(ver_domain *d)
+{
+    ver *cur = atomic_exchange(&d->current, NULL);
+    if (cur)
+        ver_release(d, cur);
+    ver *list = atomic_exchange(&d->retired, NULL);
+    while (list) {
+        ver *next = list->retired_next;
+        ver_free(list);
+        list = next;
+    }
+    pthread_mutex_destroy(&d->sync_lock);
+}

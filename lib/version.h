@@ -1,0 +1,88 @@
+/*
+ * version.h — what a reader sees, and how readers hold it without locks.
+ *
+ * A version is an immutable triple {active buffer, frozen buffer, base run}.
+ * The current version is one atomic pointer. A reader pins the domain (an
+ * increment on a per-thread stripe counter, no lock, no waiting), loads the
+ * current version and uses it; writers publish a new version with one atomic
+ * exchange and free what they replaced only after every reader that could
+ * still see it has unpinned (ver_synchronize, an RCU-style grace period).
+ * Views keep a version longer by taking a reference count on it.
+ */
+#ifndef KYRO_VERSION_H
+#define KYRO_VERSION_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "buffer.h"
+#include "run.h"
+
+/* A reference-counted buffer: the same buffer is shared by successive
+ * versions (active in one, frozen in the next). */
+typedef struct ver_buf {
+    atomic_uint_fast32_t refs;
+    buf *b;
+} ver_buf;
+
+typedef struct ver {
+    atomic_uint_fast32_t refs; /* one for being current, one per view */
+    ver_buf *active;           /* never NULL */
+    ver_buf *frozen;           /* being folded, or NULL */
+    run *base;                 /* never NULL */
+    struct ver *retired_next;
+} ver;
+
+#define VER_STRIPES 32
+
+/* One cache line per stripe: the pin counters for the two grace-period
+ * parities and the read statistics of the threads that use the stripe. */
+typedef struct ver_stripe {
+    _Alignas(64) atomic_uint_fast64_t pins[2];
+    atomic_uint_fast64_t gets, scans, probed, lookups, fallbacks;
+} ver_stripe;
+
+typedef struct ver_domain {
+    _Atomic(ver *) current;
+    atomic_uint parity;
+    _Atomic(ver *) retired; /* versions whose last reference went away */
+    pthread_mutex_t sync_lock;
+    ver_stripe stripes[VER_STRIPES];
+} ver_domain;
+
+int ver_domain_init(ver_domain *d, ver *initial);
+/* Frees the current version and everything retired; no reader may remain. */
+void ver_domain_destroy(ver_domain *d);
+
+/* Reader side: lock-free. ver_pin returns a token for ver_unpin; between the
+ * two, ver_current's result and everything it points to stays valid. */
+unsigned ver_pin(ver_domain *d);
+void ver_unpin(ver_domain *d, unsigned token);
+static inline ver *ver_current(ver_domain *d)
+{
+    return atomic_load_explicit(&d->current, memory_order_acquire);
+}
+ver_stripe *ver_my_stripe(ver_domain *d);
+
+/* A counted reference to the current version (views). Lock-free. */
+ver *ver_acquire(ver_domain *d);
+/* Drop a reference; the last one queues the version for ver_reclaim.
+ * Lock-free (never frees, never waits). */
+void ver_release(ver_domain *d, ver *v);
+
+/* Writer side (callers serialise publishes). */
+ver_buf *ver_buf_new(buf *b);          /* takes ownership of b; NULL on ENOMEM */
+void ver_buf_ref(ver_buf *vb);
+void ver_buf_unref(ver_buf *vb);
+/* A new version with one reference; takes new references on its parts. */
+ver *ver_new(ver_buf *active, ver_buf *frozen, run *base);
+/* Make v current (v's reference becomes the domain's); the old current loses
+ * the domain's reference. */
+void ver_publish(ver_domain *d, ver *v);
+/* Wait until every reader pinned before this call has unpinned. */
+void ver_synchronize(ver_domain *d);
+/* Free every version queued by ver_release, after a grace period. */
+void ver_reclaim(ver_domain *d);
+
+#endif

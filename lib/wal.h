@@ -1,0 +1,83 @@
+/*
+ * wal.h — the write-ahead log: record format, append, group commit, replay.
+ *
+ * A WAL file is a header followed by records; each record is one write or one
+ * batch, carrying its length, type, sequence number and an xxh3 checksum of
+ * header and payload. The exact byte layout is described in wal.c.
+ */
+#ifndef KYRO_WAL_H
+#define KYRO_WAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+enum { WAL_PUT = 1, WAL_DEL = 2, WAL_BATCH = 3 };
+
+/* Batch payload entries (also used by kv_batch): op byte, key, then for a
+ * put a u32 length and the bytes. Layout in wal.c. */
+enum { WAL_OP_PUT = 1, WAL_OP_DEL = 2 };
+
+typedef struct wal wal;
+
+/* Create a new, empty WAL file (fails if it exists), write its header,
+ * fsync it and its directory. first_seq is the seq of its first record. */
+int wal_create(const char *dir, const char *name, uint64_t first_seq, wal **out);
+/* Open an existing WAL for appending after replay: truncates it to
+ * valid_end (as returned by wal_replay), next record gets next_seq. */
+int wal_open_append(const char *dir, const char *name, uint64_t valid_end,
+                    uint64_t next_seq, wal **out);
+
+/*
+ * Append one record (not yet written to the file). The payload is the
+ * concatenation of p1[0..n1) and p2[0..n2). Assigns the next sequence number
+ * to *seq. Callers serialise appends; the returned *lsn is the byte position
+ * just past the record, to pass to wal_commit.
+ */
+int wal_append(wal *w, uint32_t type, const void *p1, size_t n1, const void *p2,
+               size_t n2, uint64_t *seq, uint64_t *lsn);
+
+/*
+ * Make the log up to lsn written (mode 1) or written and fdatasync'd (mode 0):
+ * modes follow kv_sync_mode, mode 2 does nothing. Thread-safe, group commit:
+ * a caller that finds a sync in flight waits and shares the next one. On an
+ * I/O error the WAL becomes failed: this and every later call return KV_EIO
+ * with the errno in *err. On success *durable_seq (if non-NULL) is the
+ * highest seq covered.
+ */
+int wal_commit(wal *w, uint64_t lsn, int mode, uint64_t *durable_seq, int *err);
+/* Write everything appended and fdatasync it (kv_sync, background timer). */
+int wal_sync(wal *w, int *err);
+
+uint64_t wal_bytes(const wal *w);        /* file size including unwritten appends */
+uint64_t wal_sync_count(const wal *w);   /* fdatasync calls made */
+uint64_t wal_last_seq(const wal *w);     /* seq of the last appended record, first_seq-1 if none */
+int wal_failed(const wal *w);            /* non-zero after an I/O error */
+int wal_close(wal *w);                   /* does NOT sync; frees */
+
+/*
+ * Replay a WAL file: calls apply(ctx, type, seq, payload, len) for every
+ * valid record with seq > after_seq, in order. Sequence numbers must rise by
+ * one from record to record (else KV_ECORRUPT).
+ * A bad or incomplete record with no valid record after it is a torn tail:
+ * replay stops there, *torn = 1. A bad record with a valid one after it gives
+ * KV_ECORRUPT, unless recover != 0, in which case the valid prefix is kept
+ * (and *torn = 1). *valid_end is the byte offset after the last good record;
+ * *last_seq the seq of the last good record (or header first_seq - 1).
+ * A bad header: KV_ECORRUPT; unknown format version: KV_EVERSION.
+ * An apply return other than KV_OK stops replay and is returned.
+ */
+typedef int (*wal_apply_fn)(void *ctx, uint32_t type, uint64_t seq,
+                            const uint8_t *payload, size_t len);
+int wal_replay(const char *path, uint64_t after_seq, int recover, wal_apply_fn apply,
+               void *ctx, uint64_t *valid_end, uint64_t *last_seq, int *torn);
+
+/* Iterate the entries of a WAL_BATCH payload (also the kv_batch encoding).
+ * Returns 1 with an entry, 0 at the end, KV_ECORRUPT if malformed. */
+typedef struct { const uint8_t *p, *end; } wal_batch_cursor;
+int wal_batch_next(wal_batch_cursor *c, int *op, uint64_t *key, const uint8_t **val,
+                   size_t *len);
+/* Append one entry to a batch payload buffer (grows *buf, a malloc'd array). */
+int wal_batch_add(uint8_t **buf, size_t *len, size_t *cap, int op, uint64_t key,
+                  const void *val, size_t vlen);
+
+#endif
