@@ -1,0 +1,822 @@
+/*
+ * wal.c — the write-ahead log: file format, append, group commit, replay.
+ *
+ * Owns one WAL file per `wal` handle. Every write (or batch) becomes one
+ * record; a record is durable once the bytes up to its end lsn have been
+ * fdatasync'd. An lsn is simply a byte offset in the file.
+ *
+ * File format (version 1). All integers little-endian, fixed width; offsets
+ * in bytes.
+ *
+ *   File header, 32 bytes, at offset 0:
+ *     0  u8[8]  magic "KYROWAL1"
+ *     8  u32    format version = 1
+ *    12  u32    header size = 32
+ *    16  u64    first_seq: the seq of the first record (>= 1)
+ *    24  u64    XXH3_64 of bytes 0..24
+ *
+ *   Records follow back to back from offset 32; each starts 8-byte aligned:
+ *     0  u32    payload_len
+ *     4  u16    type: WAL_PUT 1, WAL_DEL 2, WAL_BATCH 3
+ *     6  u16    flags = 0
+ *     8  u64    seq: first_seq for the first record, +1 for each next one
+ *    16  u64    checksum = XXH3_64 over record bytes 0..16 then the payload
+ *    24  u8[payload_len]  payload
+ *        u8[]   zero padding up to the next multiple of 8 (not in the
+ *               checksum, but must be zero)
+ *   A record is 24 + round_up(payload_len, 8) bytes.
+ *
+ *   Payloads:
+ *     WAL_PUT    u64 key, then the value bytes (payload_len = 8 + value
+ *                length, value length <= KV_MAX_VALUE)
+ *     WAL_DEL    u64 key (payload_len = 8)
+ *     WAL_BATCH  entries back to back (payload_len <= WAL_MAX_BATCH):
+ *                  u8 op (WAL_OP_PUT 1 / WAL_OP_DEL 2), u64 key,
+ *                  and for a put: u32 value length, then the value bytes.
+ *                No alignment inside a batch. The same encoding is kv_batch's
+ *                in-memory form (wal_batch_add / wal_batch_next).
+ *
+ * Replay. The header must verify: bad magic, header size, checksum or a
+ * first_seq of 0 give KV_ECORRUPT, a good magic with another version gives
+ * KV_EVERSION. The one exception is a file cut short while wal_create was
+ * writing its header: a file of at most 32 bytes whose header does not
+ * verify, and whose first min(size, 16) bytes are each either zero or the
+ * constant header byte (magic, version, size) at that position, is a torn
+ * empty log (valid_end 0, torn 1); wal_open_append then writes a fresh
+ * header. wal_create fsyncs the file and the directory before any record is
+ * appended, so any longer file, or bytes after a bad header, is corruption.
+ *
+ * Records are then walked from offset 32. A record is good when it fits in
+ * the file, its flags are 0, its type is known, its payload_len is legal for
+ * the type, its checksum matches, its padding is zero and its seq is the
+ * previous seq + 1. At the first record that is not good:
+ *   - a record that verifies in every other respect but carries the wrong
+ *     seq is corruption (a torn write cannot produce it);
+ *   - otherwise every later 8-byte aligned offset is tried: if any holds a
+ *     verifying record with a seq above the last good one, the log is
+ *     corrupt (a hole with data after it), else the rest is a torn tail.
+ * Corruption returns KV_ECORRUPT, or with recover != 0 keeps the good prefix
+ * and reports torn = 1. The scan costs one checksum per plausible header;
+ * crafted input can make it quadratic in the tail size, but never unbounded,
+ * and every read is checked against the file size. The file is mmap'd
+ * read-only for replay.
+ *
+ * Writer. Appends go to a 1 MiB user-space buffer under the mutex; a record
+ * that does not fit makes the appender flush the buffer itself, and a record
+ * larger than the buffer is written straight after it. Only one thread does
+ * file I/O at a time (io_busy); it takes the current buffer and swaps in the
+ * spare one, so appends continue while it writes and syncs outside the
+ * mutex. wal_commit is group commit: a caller whose lsn is already covered
+ * returns; if I/O is in flight it waits on the condvar and re-checks; else it
+ * becomes the leader for everything buffered so far. Invariants, under mu:
+ *   synced_lsn <= written_lsn <= end_lsn; every buffer boundary is a record
+ *   boundary; with io idle, written_lsn + len == end_lsn; written_seq /
+ *   synced_seq are the seqs of the last record below written/synced_lsn.
+ * Any I/O error makes the handle failed for good (no retry of a failed
+ * fsync: the kernel may have dropped the dirty pages); waiters are woken and
+ * every call from then on returns KV_EIO with the first errno.
+ */
+#include "wal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "kyro.h"
+#include "os.h"
+
+#define WAL_VERSION 1u
+#define REC_HDR 24u
+#define BUF_CAP ((size_t)1 << 20)
+#define MAX_PUT_PAYLOAD (KV_MAX_VALUE + 8)
+
+static const uint8_t wal_magic[8] = {'K', 'Y', 'R', 'O', 'W', 'A', 'L', '1'};
+
+struct wal {
+    int fd;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint8_t *buf[2];     /* buf[cur] takes appends; the other is written */
+    int cur;
+    size_t len;          /* bytes in buf[cur] */
+    uint64_t end_lsn;    /* logical file size including buffered records */
+    uint64_t written_lsn, synced_lsn;
+    uint64_t last_seq, written_seq, synced_seq;
+    uint64_t sync_count;
+    int io_busy;         /* one thread is writing/syncing outside mu */
+    int failed, err;     /* sticky; err is a positive errno */
+    XXH3_state_t *xs;    /* checksum state, used only by the appender */
+};
+
+/* ---- byte helpers ---- */
+
+static void put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void put_le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t get_le16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static uint32_t get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+static uint64_t pad8(uint64_t n)
+{
+    return (n + 7) & ~(uint64_t)7;
+}
+
+static int os_rc(int neg_errno)
+{
+    return neg_errno == -ENOMEM ? KV_ENOMEM : KV_EIO;
+}
+
+static char *path_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (p) {
+        memcpy(p, dir, a);
+        p[a] = '/';
+        memcpy(p + a + 1, name, b + 1);
+    }
+    return p;
+}
+
+/* ---- format ---- */
+
+static void header_encode(uint8_t h[WAL_HEADER_SIZE], uint64_t first_seq)
+{
+    memcpy(h, wal_magic, 8);
+    put_le32(h + 8, WAL_VERSION);
+    put_le32(h + 12, WAL_HEADER_SIZE);
+    put_le64(h + 16, first_seq);
+    put_le64(h + 24, XXH3_64bits(h, 24));
+}
+
+/* Verify a complete 32-byte header. */
+static int header_decode(const uint8_t *h, uint64_t *first_seq)
+{
+    if (memcmp(h, wal_magic, 8) != 0)
+        return KV_ECORRUPT;
+    if (get_le32(h + 8) != WAL_VERSION)
+        return KV_EVERSION;
+    if (get_le32(h + 12) != WAL_HEADER_SIZE || get_le64(h + 24) != XXH3_64bits(h, 24))
+        return KV_ECORRUPT;
+    *first_seq = get_le64(h + 16);
+    return *first_seq == 0 ? KV_ECORRUPT : KV_OK;
+}
+
+/* A file of at most 32 bytes left by a crash inside wal_create: each of its
+ * first 16 bytes (those known in advance) is zero or the header's byte. */
+static int header_torn(const uint8_t *p, size_t size)
+{
+    uint8_t want[WAL_HEADER_SIZE];
+    if (size > WAL_HEADER_SIZE)
+        return 0;
+    header_encode(want, 1);
+    for (size_t i = 0; i < size && i < 16; i++)
+        if (p[i] != 0 && p[i] != want[i])
+            return 0;
+    return 1;
+}
+
+static int payload_len_ok(uint32_t type, uint64_t len)
+{
+    switch (type) {
+    case WAL_PUT:
+        return len >= 8 && len <= MAX_PUT_PAYLOAD;
+    case WAL_DEL:
+        return len == 8;
+    case WAL_BATCH:
+        return len <= WAL_MAX_BATCH;
+    default:
+        return 0;
+    }
+}
+
+/* Fill bytes 0..24 of a record header; the checksum covers h[0..16) + payload. */
+static void rec_encode(XXH3_state_t *xs, uint8_t h[REC_HDR], uint32_t type, uint32_t len,
+                       uint64_t seq, const void *p1, size_t n1, const void *p2, size_t n2)
+{
+    put_le32(h, len);
+    put_le16(h + 4, (uint16_t)type);
+    put_le16(h + 6, 0);
+    put_le64(h + 8, seq);
+    XXH3_64bits_reset(xs);
+    XXH3_64bits_update(xs, h, 16);
+    if (n1)
+        XXH3_64bits_update(xs, p1, n1);
+    if (n2)
+        XXH3_64bits_update(xs, p2, n2);
+    put_le64(h + 16, XXH3_64bits_digest(xs));
+}
+
+typedef struct {
+    uint32_t type;
+    uint32_t len;   /* payload length */
+    uint64_t seq;
+    uint64_t total; /* record size with padding */
+} rec_info;
+
+/* Does base[off..size) start with a record that verifies (seq aside)? */
+static int rec_verify(XXH3_state_t *xs, const uint8_t *base, uint64_t size, uint64_t off,
+                      rec_info *ri)
+{
+    if (off > size || size - off < REC_HDR)
+        return 0;
+    const uint8_t *h = base + off;
+    ri->len = get_le32(h);
+    ri->type = get_le16(h + 4);
+    ri->seq = get_le64(h + 8);
+    if (get_le16(h + 6) != 0 || !payload_len_ok(ri->type, ri->len))
+        return 0;
+    ri->total = REC_HDR + pad8(ri->len);
+    if (ri->total > size - off)
+        return 0;
+    for (uint64_t i = REC_HDR + ri->len; i < ri->total; i++)
+        if (h[i] != 0)
+            return 0;
+    XXH3_64bits_reset(xs);
+    XXH3_64bits_update(xs, h, 16);
+    if (ri->len)
+        XXH3_64bits_update(xs, h + REC_HDR, ri->len);
+    return XXH3_64bits_digest(xs) == get_le64(h + 16);
+}
+
+/* ---- replay ---- */
+
+int wal_replay(const char *path, uint64_t after_seq, int recover, wal_apply_fn apply,
+               void *ctx, uint64_t *valid_end, uint64_t *last_seq, int *torn)
+{
+    uint64_t ve_local, ls_local;
+    int torn_local;
+    if (!valid_end)
+        valid_end = &ve_local;
+    if (!last_seq)
+        last_seq = &ls_local;
+    if (!torn)
+        torn = &torn_local;
+    *valid_end = 0;
+    *last_seq = after_seq;
+    *torn = 0;
+    if (!path)
+        return KV_EINVAL;
+
+    int fd, rc = os_open(path, O_RDONLY, 0, &fd);
+    if (rc < 0)
+        return os_rc(rc);
+    uint64_t size;
+    const uint8_t *base = NULL;
+    XXH3_state_t *xs = NULL;
+    rc = os_file_size(fd, &size);
+    if (rc < 0) {
+        rc = os_rc(rc);
+        goto out;
+    }
+    if (size > SIZE_MAX) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+    if (size > 0) {
+        const void *m;
+        rc = os_mmap_read(fd, (size_t)size, &m);
+        if (rc < 0) {
+            rc = os_rc(rc);
+            goto out;
+        }
+        base = m;
+    }
+
+    uint64_t first_seq;
+    rc = size >= WAL_HEADER_SIZE ? header_decode(base, &first_seq) : KV_ECORRUPT;
+    if (rc == KV_ECORRUPT && header_torn(base, (size_t)size)) {
+        *torn = 1;
+        rc = KV_OK;
+        goto out;
+    }
+    if (rc != KV_OK)
+        goto out;
+    xs = XXH3_createState();
+    if (!xs) {
+        rc = KV_ENOMEM;
+        goto out;
+    }
+
+    uint64_t off = WAL_HEADER_SIZE, prev = first_seq - 1;
+    rec_info ri;
+    int bad_seq = 0;
+    *valid_end = off;
+    *last_seq = prev;
+    while (off < size) {
+        if (!rec_verify(xs, base, size, off, &ri))
+            break;
+        if (ri.seq != prev + 1) {
+            bad_seq = 1;
+            break;
+        }
+        if (ri.seq > after_seq && apply) {
+            rc = apply(ctx, ri.type, ri.seq, base + off + REC_HDR, ri.len);
+            if (rc != KV_OK)
+                goto out;
+        }
+        prev = ri.seq;
+        off += ri.total;
+        *valid_end = off;
+        *last_seq = prev;
+    }
+    if (off < size) {
+        int corrupt = bad_seq;
+        for (uint64_t pos = off + 8; !corrupt && pos < size && size - pos >= REC_HDR; pos += 8)
+            corrupt = rec_verify(xs, base, size, pos, &ri) && ri.seq > prev;
+        if (corrupt && !recover) {
+            rc = KV_ECORRUPT;
+            goto out;
+        }
+        *torn = 1;
+    }
+    rc = KV_OK;
+out:
+    XXH3_freeState(xs);
+    if (base)
+        os_munmap(base, (size_t)size);
+    os_close(fd);
+    return rc;
+}
+
+/* ---- batch payloads ---- */
+
+int wal_batch_next(wal_batch_cursor *c, int *op, uint64_t *key, const uint8_t **val,
+                   size_t *len)
+{
+    if (!c || !op || !key || !val || !len)
+        return KV_EINVAL;
+    const uint8_t *p = c->p, *end = c->end;
+    if (p == end)
+        return 0;
+    if (!p || !end || p > end)
+        return KV_ECORRUPT;
+    size_t left = (size_t)(end - p);
+    if (left < 9 || (p[0] != WAL_OP_PUT && p[0] != WAL_OP_DEL))
+        return KV_ECORRUPT;
+    int o = p[0];
+    uint64_t k = get_le64(p + 1);
+    p += 9;
+    left -= 9;
+    const uint8_t *v = NULL;
+    size_t n = 0;
+    if (o == WAL_OP_PUT) {
+        if (left < 4)
+            return KV_ECORRUPT;
+        n = get_le32(p);
+        p += 4;
+        left -= 4;
+        if (n > left)
+            return KV_ECORRUPT;
+        v = p;
+        p += n;
+    }
+    c->p = p;
+    *op = o;
+    *key = k;
+    *val = v;
+    *len = n;
+    return 1;
+}
+
+int wal_batch_add(uint8_t **buf, size_t *len, size_t *cap, int op, uint64_t key,
+                  const void *val, size_t vlen)
+{
+    if (!buf || !len || !cap || *len > *cap || (op != WAL_OP_PUT && op != WAL_OP_DEL))
+        return KV_EINVAL;
+    if (op == WAL_OP_DEL)
+        vlen = 0;
+    else if (!val && vlen)
+        return KV_EINVAL;
+    if (vlen > KV_MAX_VALUE)
+        return KV_ETOOBIG;
+    size_t need = 9 + (op == WAL_OP_PUT ? 4 + vlen : 0);
+    if (*len > WAL_MAX_BATCH || need > WAL_MAX_BATCH - *len)
+        return KV_ETOOBIG;
+    if (*len + need > *cap) {
+        size_t ncap = *cap ? *cap : 256;
+        while (ncap < *len + need)
+            ncap *= 2;
+        uint8_t *nb = realloc(*buf, ncap);
+        if (!nb)
+            return KV_ENOMEM;
+        *buf = nb;
+        *cap = ncap;
+    }
+    uint8_t *p = *buf + *len;
+    p[0] = (uint8_t)op;
+    put_le64(p + 1, key);
+    if (op == WAL_OP_PUT) {
+        put_le32(p + 9, (uint32_t)vlen);
+        if (vlen)
+            memcpy(p + 13, val, vlen);
+    }
+    *len += need;
+    return KV_OK;
+}
+
+/* ---- writer ---- */
+
+static int wal_alloc(int fd, uint64_t end, uint64_t last_seq, wal **out)
+{
+    wal *w = calloc(1, sizeof *w);
+    if (!w)
+        return KV_ENOMEM;
+    w->fd = fd;
+    w->buf[0] = malloc(BUF_CAP);
+    w->buf[1] = malloc(BUF_CAP);
+    w->xs = XXH3_createState();
+    if (!w->buf[0] || !w->buf[1] || !w->xs)
+        goto fail;
+    if (pthread_mutex_init(&w->mu, NULL) != 0)
+        goto fail;
+    if (pthread_cond_init(&w->cv, NULL) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        goto fail;
+    }
+    w->end_lsn = w->written_lsn = w->synced_lsn = end;
+    w->last_seq = w->written_seq = w->synced_seq = last_seq;
+    *out = w;
+    return KV_OK;
+fail:
+    XXH3_freeState(w->xs);
+    free(w->buf[0]);
+    free(w->buf[1]);
+    free(w);
+    return KV_ENOMEM;
+}
+
+int wal_create(const char *dir, const char *name, uint64_t first_seq, wal **out)
+{
+    if (!dir || !name || !out || first_seq == 0)
+        return KV_EINVAL;
+    char *path = path_join(dir, name);
+    if (!path)
+        return KV_ENOMEM;
+    int fd, rc = os_open(path, O_WRONLY | O_CREAT | O_EXCL, 0644, &fd);
+    if (rc < 0) {
+        free(path);
+        return os_rc(rc);
+    }
+    uint8_t h[WAL_HEADER_SIZE];
+    header_encode(h, first_seq);
+    if ((rc = os_pwrite_full(fd, h, sizeof h, 0)) < 0 || (rc = os_fsync(fd)) < 0 ||
+        (rc = os_fsync_dir(dir)) < 0) {
+        rc = os_rc(rc);
+        goto fail;
+    }
+    rc = wal_alloc(fd, WAL_HEADER_SIZE, first_seq - 1, out);
+    if (rc != KV_OK)
+        goto fail;
+    free(path);
+    return KV_OK;
+fail:
+    os_close(fd);
+    os_unlink(path);
+    free(path);
+    return rc;
+}
+
+int wal_open_append(const char *dir, const char *name, uint64_t valid_end,
+                    uint64_t next_seq, wal **out)
+{
+    if (!dir || !name || !out || next_seq == 0 ||
+        (valid_end != 0 && (valid_end < WAL_HEADER_SIZE || valid_end % 8 != 0)))
+        return KV_EINVAL;
+    char *path = path_join(dir, name);
+    if (!path)
+        return KV_ENOMEM;
+    int fd, rc = os_open(path, O_RDWR, 0, &fd);
+    free(path);
+    if (rc < 0)
+        return os_rc(rc);
+    uint64_t size, first_seq;
+    if ((rc = os_file_size(fd, &size)) < 0) {
+        rc = os_rc(rc);
+        goto fail;
+    }
+    if (size < valid_end) {
+        rc = KV_EINVAL;
+        goto fail;
+    }
+    uint8_t h[WAL_HEADER_SIZE];
+    int fresh = valid_end == 0;
+    if (!fresh) {
+        if ((rc = os_pread_full(fd, h, sizeof h, 0)) < 0) {
+            rc = os_rc(rc);
+            goto fail;
+        }
+        if ((rc = header_decode(h, &first_seq)) != KV_OK)
+            goto fail;
+        /* No records yet: the header may name any first seq; make it ours. */
+        fresh = valid_end == WAL_HEADER_SIZE && first_seq != next_seq;
+    }
+    if (fresh) {
+        /* A crash between these leaves a short file: a torn empty log. */
+        header_encode(h, next_seq);
+        if ((rc = os_ftruncate(fd, 0)) < 0 || (rc = os_pwrite_full(fd, h, sizeof h, 0)) < 0) {
+            rc = os_rc(rc);
+            goto fail;
+        }
+        valid_end = WAL_HEADER_SIZE;
+    } else if (size != valid_end && (rc = os_ftruncate(fd, valid_end)) < 0) {
+        rc = os_rc(rc);
+        goto fail;
+    }
+    if ((rc = os_fsync(fd)) < 0) {
+        rc = os_rc(rc);
+        goto fail;
+    }
+    rc = wal_alloc(fd, valid_end, next_seq - 1, out);
+    if (rc != KV_OK)
+        goto fail;
+    return KV_OK;
+fail:
+    os_close(fd);
+    return rc;
+}
+
+static void wal_fail(wal *w, int neg_errno)
+{
+    if (!w->failed) {
+        w->failed = 1;
+        w->err = neg_errno < 0 ? -neg_errno : EIO;
+    }
+    pthread_cond_broadcast(&w->cv);
+}
+
+/* Hand the active buffer to the caller, who becomes the I/O thread: *off is
+ * where its bytes go in the file. Called with mu held and io idle. */
+static void take_buffer(wal *w, const uint8_t **data, size_t *n, uint64_t *off, uint64_t *seq)
+{
+    w->io_busy = 1;
+    *data = w->buf[w->cur];
+    *n = w->len;
+    *off = w->written_lsn;
+    *seq = w->last_seq;
+    w->cur ^= 1;
+    w->len = 0;
+}
+
+/* Release the I/O role after writing up to end (records up to seq), synced
+ * or not; rc < 0 fails the WAL. Called with mu held. */
+static int finish_io(wal *w, int rc, uint64_t end, uint64_t seq, int synced)
+{
+    w->io_busy = 0;
+    if (rc < 0) {
+        wal_fail(w, rc);
+        return KV_EIO;
+    }
+    w->written_lsn = end;
+    w->written_seq = seq;
+    if (synced) {
+        w->synced_lsn = end;
+        w->synced_seq = seq;
+    }
+    pthread_cond_broadcast(&w->cv);
+    return KV_OK;
+}
+
+/* Copy one encoded record into the active buffer (mu held, room checked). */
+static void buffer_record(wal *w, const uint8_t h[REC_HDR], const void *p1, size_t n1,
+                          const void *p2, size_t n2, uint64_t total)
+{
+    uint8_t *d = w->buf[w->cur] + w->len;
+    memcpy(d, h, REC_HDR);
+    if (n1)
+        memcpy(d + REC_HDR, p1, n1);
+    if (n2)
+        memcpy(d + REC_HDR + n1, p2, n2);
+    memset(d + REC_HDR + n1 + n2, 0, (size_t)total - REC_HDR - n1 - n2);
+    w->len += (size_t)total;
+}
+
+int wal_append(wal *w, uint32_t type, const void *p1, size_t n1, const void *p2, size_t n2,
+               uint64_t *seq, uint64_t *lsn)
+{
+    if (!w || !seq || !lsn || (!p1 && n1) || (!p2 && n2) || n1 > SIZE_MAX - n2)
+        return KV_EINVAL;
+    uint64_t plen = (uint64_t)n1 + n2;
+    if (type == WAL_PUT ? plen > MAX_PUT_PAYLOAD : type == WAL_BATCH && plen > WAL_MAX_BATCH)
+        return KV_ETOOBIG;
+    if (!payload_len_ok(type, plen))
+        return KV_EINVAL;
+    /* Appends are serialised by the caller and only they write last_seq,
+     * so it can be read here without mu. */
+    if (w->last_seq == UINT64_MAX)
+        return KV_EINVAL;
+    uint64_t s = w->last_seq + 1, total = REC_HDR + pad8(plen);
+    uint8_t h[REC_HDR];
+    rec_encode(w->xs, h, type, (uint32_t)plen, s, p1, n1, p2, n2);
+
+    pthread_mutex_lock(&w->mu);
+    if (w->failed)
+        goto failed;
+    if (w->len + total > BUF_CAP) {
+        /* Full: become the I/O thread and write the buffer out first. */
+        while (w->io_busy && !w->failed)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (w->failed)
+            goto failed;
+        const uint8_t *data;
+        size_t n;
+        uint64_t off, prev_seq;
+        take_buffer(w, &data, &n, &off, &prev_seq);
+        int direct = total > BUF_CAP;
+        if (!direct) {
+            buffer_record(w, h, p1, n1, p2, n2, total);
+            w->end_lsn += total;
+            w->last_seq = s;
+        }
+        pthread_mutex_unlock(&w->mu);
+
+        int rc = n ? os_pwrite_full(w->fd, data, n, off) : 0;
+        uint64_t end = off + n;
+        if (direct) {
+            static const uint8_t zeros[8];
+            if (rc == 0)
+                rc = os_pwrite_full(w->fd, h, REC_HDR, end);
+            if (rc == 0 && n1)
+                rc = os_pwrite_full(w->fd, p1, n1, end + REC_HDR);
+            if (rc == 0 && n2)
+                rc = os_pwrite_full(w->fd, p2, n2, end + REC_HDR + n1);
+            if (rc == 0 && total > REC_HDR + plen)
+                rc = os_pwrite_full(w->fd, zeros, (size_t)(total - REC_HDR - plen),
+                                    end + REC_HDR + plen);
+        }
+
+        pthread_mutex_lock(&w->mu);
+        if (direct) {
+            w->end_lsn += total;
+            w->last_seq = s;
+            if (finish_io(w, rc, end + total, s, 0) != KV_OK)
+                goto failed;
+        } else if (finish_io(w, rc, end, prev_seq, 0) != KV_OK) {
+            goto failed;
+        }
+    } else {
+        buffer_record(w, h, p1, n1, p2, n2, total);
+        w->end_lsn += total;
+        w->last_seq = s;
+    }
+    *seq = s;
+    *lsn = w->end_lsn;
+    pthread_mutex_unlock(&w->mu);
+    return KV_OK;
+failed:
+    pthread_mutex_unlock(&w->mu);
+    return KV_EIO;
+}
+
+int wal_commit(wal *w, uint64_t lsn, int mode, uint64_t *durable_seq, int *err)
+{
+    if (!w || mode < 0 || mode > 2)
+        return KV_EINVAL;
+    pthread_mutex_lock(&w->mu);
+    if (lsn > w->end_lsn)
+        lsn = w->end_lsn;
+    for (;;) {
+        if (w->failed) {
+            if (err)
+                *err = w->err;
+            pthread_mutex_unlock(&w->mu);
+            return KV_EIO;
+        }
+        if (mode == 2) {
+            if (durable_seq)
+                *durable_seq = w->last_seq;
+            break;
+        }
+        if (mode == 0 ? w->synced_lsn >= lsn : w->written_lsn >= lsn) {
+            if (durable_seq)
+                *durable_seq = mode == 0 ? w->synced_seq : w->written_seq;
+            break;
+        }
+        if (w->io_busy) {
+            pthread_cond_wait(&w->cv, &w->mu);
+            continue;
+        }
+        /* Leader: write (and sync) everything buffered so far, for every
+         * waiter at once. */
+        const uint8_t *data;
+        size_t n;
+        uint64_t off, seq;
+        take_buffer(w, &data, &n, &off, &seq);
+        pthread_mutex_unlock(&w->mu);
+        int rc = n ? os_pwrite_full(w->fd, data, n, off) : 0;
+        int synced = rc == 0 && mode == 0;
+        if (synced)
+            rc = os_fdatasync(w->fd);
+        pthread_mutex_lock(&w->mu);
+        w->sync_count += (uint64_t)synced;
+        finish_io(w, rc, off + n, seq, mode == 0);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return KV_OK;
+}
+
+int wal_sync(wal *w, int *err)
+{
+    if (!w)
+        return KV_EINVAL;
+    pthread_mutex_lock(&w->mu);
+    uint64_t end = w->end_lsn;
+    pthread_mutex_unlock(&w->mu);
+    return wal_commit(w, end, 0, NULL, err);
+}
+
+/* The getters lock mu, which lives in a non-const heap object. */
+static wal *wal_lock(const wal *w)
+{
+    wal *m = (wal *)w;
+    pthread_mutex_lock(&m->mu);
+    return m;
+}
+
+uint64_t wal_bytes(const wal *w)
+{
+    wal *m = wal_lock(w);
+    uint64_t v = m->end_lsn;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+uint64_t wal_sync_count(const wal *w)
+{
+    wal *m = wal_lock(w);
+    uint64_t v = m->sync_count;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+uint64_t wal_last_seq(const wal *w)
+{
+    wal *m = wal_lock(w);
+    uint64_t v = m->last_seq;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+int wal_failed(const wal *w)
+{
+    wal *m = wal_lock(w);
+    int v = m->failed;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+int wal_error(const wal *w)
+{
+    wal *m = wal_lock(w);
+    int v = m->err;
+    pthread_mutex_unlock(&m->mu);
+    return v;
+}
+
+int wal_close(wal *w)
+{
+    if (!w)
+        return KV_OK;
+    int rc = os_close(w->fd) < 0 ? KV_EIO : KV_OK;
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    XXH3_freeState(w->xs);
+    free(w->buf[0]);
+    free(w->buf[1]);
+    free(w);
+    return rc;
+}
