@@ -20,12 +20,19 @@ int buf_new(buf **out);           /* KV_OK / KV_ENOMEM */
 void buf_free(buf *b);            /* no reader may still use it */
 
 /* Writer side (one thread at a time). tombstone != 0 records a delete
- * (val/len ignored). The value is copied. KV_OK / KV_ENOMEM. */
+ * (val/len ignored). The value is copied. KV_OK / KV_ENOMEM.
+ * seq must be >= the seq of every earlier write of the same key (equal seqs:
+ * the later put wins, as in a batch); otherwise KV_EINVAL and nothing changes.
+ * len > KV_MAX_VALUE gives KV_ETOOBIG; val may be NULL only when len is 0.
+ * On any error no reader can see a change (buf_memory aside). */
 int buf_put(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len);
 
 /* Reader side (any thread, lock-free). */
 enum { BUF_ABSENT = 0, BUF_VALUE = 1, BUF_TOMBSTONE = 2 };
-/* The newest version of key with seq <= max_seq. */
+/* The newest version of key with seq <= max_seq. BUF_VALUE: *val and *len name
+ * the bytes (never NULL, even for 0 bytes), owned by the buffer, fixed and
+ * unchanged until buf_free. BUF_TOMBSTONE: *val = NULL, *len = 0. BUF_ABSENT:
+ * *val and *len untouched. val and len may be NULL. */
 int buf_get(const buf *b, uint64_t key, uint64_t max_seq, const void **val, size_t *len);
 
 uint64_t buf_keys(const buf *b);     /* distinct keys inserted */
@@ -44,5 +51,18 @@ void buf_iter_seek(const buf *b, buf_iter *it, uint64_t lo, uint64_t max_seq);
 /* Returns BUF_VALUE / BUF_TOMBSTONE with the current entry and advances, or
  * BUF_ABSENT at the end. */
 int buf_iter_next(buf_iter *it, uint64_t *key, const void **val, size_t *len);
+
+/* Check every structural invariant (key order on each skiplist level, levels
+ * nested, each node in the hash index once, load factor, version chains in
+ * seq order, counters). KV_OK or KV_ECORRUPT. O(n); not concurrently with
+ * buf_put. For tests. */
+int buf_validate(const buf *b);
+
+/* Test hook: before each heap allocation the buffer calls fn(ctx, bytes); a
+ * nonzero return makes that allocation fail (KV_ENOMEM). NULL removes it.
+ * Process-wide and not thread-safe: set it only while no buffer is in use
+ * by another thread. */
+typedef int (*buf_fault_fn)(void *ctx, size_t bytes);
+void buf_set_fault_hook(buf_fault_fn fn, void *ctx);
 
 #endif
