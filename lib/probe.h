@@ -3,7 +3,9 @@
  *
  * Three kernels (scalar, AVX2, AVX-512), chosen once at run time by cpuid.
  * All return the same answer: the first index i in [lo, hi) with
- * keys[i] >= key, or hi if there is none. keys[lo..hi) is sorted ascending.
+ * keys[i] >= key, or hi if there is none. keys[lo..hi) is sorted ascending;
+ * nothing outside it is read. Kernels are pure: any thread, any time. Names
+ * are static strings.
  */
 #ifndef KYRO_PROBE_H
 #define KYRO_PROBE_H

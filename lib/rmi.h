@@ -7,6 +7,11 @@
  * so the lower bound of an absent key also falls in its window. A lookup that
  * leaves the window (possible only with keys the model was not built on)
  * widens by exponential search and is counted as a fallback.
+ *
+ * Ownership and threads: rmi_build and rmi_deserialize give the caller a new
+ * model, released with rmi_free (NULL allowed); neither keeps a pointer to
+ * keys or src. A model never changes after it is made, so any number of
+ * threads may call the const functions on it at once.
  */
 #ifndef KYRO_RMI_H
 #define KYRO_RMI_H
