@@ -347,6 +347,21 @@ static db_wal *db_wal_new(wal *w, uint64_t id)
     return dw;
 }
 
+/* The current WAL, kept open while the caller uses it outside wlock. */
+static db_wal *wal_hold(kv_db *db)
+{
+    pthread_mutex_lock(&db->wlock);
+    db_wal *dw = db->wal;
+    atomic_fetch_add(&dw->inflight, 1);
+    pthread_mutex_unlock(&db->wlock);
+    return dw;
+}
+
+static void wal_drop(db_wal *dw)
+{
+    atomic_fetch_sub(&dw->inflight, 1);
+}
+
 /* Close retired WALs no writer is still committing on. wlock held. */
 static void free_idle_wals(kv_db *db)
 {
@@ -399,7 +414,7 @@ static int recover_wals(kv_db *db, const uint64_t *ids, size_t n)
     replay_ctx ctx = {db, db->snap_seq + 1};
     char name[64], path[4096];
     int recover = (db->opts.flags & KV_RECOVER) != 0;
-    uint64_t valid_end = 0, last_seq = db->snap_seq, last_id = 0;
+    uint64_t valid_end = 0, last_id = 0;
     size_t i;
     int rc = KV_OK;
 
@@ -412,11 +427,12 @@ static int recover_wals(kv_db *db, const uint64_t *ids, size_t n)
         path_join(path, sizeof path, db->dir, name);
         rc = wal_replay(path, db->snap_seq, recover, replay_apply, &ctx, &valid_end, &file_last,
                         &torn);
+        if (rc == KV_EIO)
+            db_io_error(db, -wal_last_errno());
         if (rc != KV_OK)
             return rc;
         last_id = ids[i];
-        if (file_last > last_seq)
-            last_seq = file_last;
+        (void)file_last;
         if (torn && i + 1 < n) {
             /* A hole with later logs after it is not a torn tail. */
             if (!recover)
@@ -440,12 +456,16 @@ static int recover_wals(kv_db *db, const uint64_t *ids, size_t n)
     if (last_id) {
         manifest_wal_name(last_id, name);
         rc = wal_open_append(db->dir, name, valid_end, next_seq, &w);
+        if (rc == KV_EIO)
+            db_io_error(db, -wal_last_errno());
     } else {
         /* The manifest's WAL is missing (a crash between creating it and
          * naming it cannot cause this; a lost file can): start a new one. */
         last_id = db->man.next_id++;
         manifest_wal_name(last_id, name);
         rc = wal_create(db->dir, name, next_seq, &w);
+        if (rc == KV_EIO)
+            db_io_error(db, -wal_last_errno());
         if (rc == KV_OK) {
             db->man.wal_id = last_id;
             int err = 0;
@@ -454,7 +474,6 @@ static int recover_wals(kv_db *db, const uint64_t *ids, size_t n)
                 db_io_error(db, -err);
         }
     }
-    (void)last_seq;
     if (rc != KV_OK) {
         if (w)
             wal_close(w);
@@ -474,15 +493,16 @@ static int create_fresh(kv_db *db)
     int err = 0;
     wal *w;
     db->man = (manifest){.snapshot_id = 0, .wal_id = 1, .next_id = 2};
-    manifest_wal_name(1, name);
-    int rc = wal_create(db->dir, name, 1, &w);
+    /* The manifest first: a failure before it leaves no data file behind
+     * (the next open starts fresh again), and a failure after it leaves a
+     * manifest whose missing WAL the next open recreates. */
+    int rc = manifest_write(db->dir, &db->man, &err);
     if (rc != KV_OK)
-        return rc;
-    rc = manifest_write(db->dir, &db->man, &err);
-    if (rc != KV_OK) {
-        wal_close(w);
         return rc == KV_EIO ? db_io_error(db, -err) : rc;
-    }
+    manifest_wal_name(1, name);
+    rc = wal_create(db->dir, name, 1, &w);
+    if (rc != KV_OK)
+        return rc == KV_EIO ? db_io_error(db, -wal_last_errno()) : rc;
     db->wal = db_wal_new(w, 1);
     if (!db->wal) {
         wal_close(w);
@@ -846,7 +866,7 @@ static int snapshot_locked(kv_db *db, int force)
     rc = wal_create(db->dir, name, last + 1, &nw);
     if (rc != KV_OK) {
         pthread_mutex_unlock(&db->wlock);
-        return rc;
+        return rc == KV_EIO ? db_io_error(db, -wal_last_errno()) : rc;
     }
     db_wal *dw = db_wal_new(nw, wal_id);
     if (!dw) {
@@ -857,13 +877,13 @@ static int snapshot_locked(kv_db *db, int force)
     dw->older = db->wal;
     db->wal = dw;
     free_idle_wals(db);
-    uint64_t frozen_seq;
-    rc = freeze_active(db, &frozen_seq);
+    uint64_t frozen_seq = last;
+    if (buf_writes(ver_current(&db->vd)->active->b) != 0)
+        rc = freeze_active(db, &frozen_seq);
     pthread_mutex_unlock(&db->wlock);
     if (rc != KV_OK)
         return rc;
-    frozen_seq = last;
-    if ((rc = fold_frozen(db, frozen_seq)) != KV_OK)
+    if ((rc = fold_frozen(db, last)) != KV_OK)
         return rc;
 
     run *base = ver_current(&db->vd)->base; /* stable: only maint replaces it */
@@ -879,8 +899,15 @@ static int snapshot_locked(kv_db *db, int force)
     m.wal_id = wal_id;
     rc = manifest_write(db->dir, &m, &err);
     if (rc != KV_OK) {
-        path_join(path, sizeof path, db->dir, name);
-        os_unlink(path);
+        /* The rename may have landed before the failure (a failed directory
+         * fsync): then the manifest on disk names the new snapshot, which
+         * must stay. Either manifest opens to the same data. */
+        manifest on_disk;
+        int rerr = 0;
+        if (manifest_read(db->dir, &on_disk, &rerr) == KV_OK && on_disk.snapshot_id != snap_id) {
+            path_join(path, sizeof path, db->dir, name);
+            os_unlink(path);
+        }
         return rc == KV_EIO ? db_io_error(db, -err) : rc;
     }
     pthread_mutex_lock(&db->wlock);
@@ -961,9 +988,9 @@ int kv_sync(kv_db *db)
     if (atomic_load(&db->failed))
         return KV_EIO;
     int err = 0;
-    pthread_mutex_lock(&db->maint); /* the current WAL only changes under maint */
-    int rc = wal_sync(db->wal->w, &err);
-    pthread_mutex_unlock(&db->maint);
+    db_wal *dw = wal_hold(db);
+    int rc = wal_sync(dw->w, &err);
+    wal_drop(dw);
     return rc == KV_OK ? KV_OK : db_fail(db, KV_EIO, err);
 }
 
@@ -1121,10 +1148,10 @@ int kv_stats_get(kv_db *db, kv_stats *out)
     out->snapshot_bytes = atomic_load(&db->snapshot_bytes);
     out->wal_syncs = atomic_load(&db->retired_wal_syncs);
     if (!db->readonly) {
-        pthread_mutex_lock(&db->maint);
-        out->wal_bytes = wal_bytes(db->wal->w);
-        out->wal_syncs += wal_sync_count(db->wal->w);
-        pthread_mutex_unlock(&db->maint);
+        db_wal *dw = wal_hold(db);
+        out->wal_bytes = wal_bytes(dw->w);
+        out->wal_syncs += wal_sync_count(dw->w);
+        wal_drop(dw);
     }
     out->simd = probe_best_name();
     return KV_OK;

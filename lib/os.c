@@ -27,14 +27,14 @@ void os_set_fault_hook(os_fault_fn fn, void *ctx)
 }
 
 /* 0 to proceed, -errno to fail, or for writes a positive short length. */
-static int fault(os_op op, const char *path, size_t len)
+static int fault(os_op op, const char *path, int fd, size_t len)
 {
-    return fault_fn ? fault_fn(fault_ctx, op, path, len) : 0;
+    return fault_fn ? fault_fn(fault_ctx, op, path, fd, len) : 0;
 }
 
 int os_open(const char *path, int flags, int mode, int *fd_out)
 {
-    int rc = fault(OS_OPEN, path, 0);
+    int rc = fault(OS_OPEN, path, -1, 0);
     if (rc < 0)
         return rc;
     int fd;
@@ -54,7 +54,7 @@ int os_close(int fd)
 
 int os_mkdir(const char *path)
 {
-    int rc = fault(OS_MKDIR, path, 0);
+    int rc = fault(OS_MKDIR, path, -1, 0);
     if (rc < 0)
         return rc;
     if (mkdir(path, 0755) == 0)
@@ -70,7 +70,7 @@ int os_mkdir(const char *path)
 
 int os_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
-    int rc = fault(OS_READ, NULL, len);
+    int rc = fault(OS_READ, NULL, fd, len);
     if (rc < 0)
         return rc;
     uint8_t *p = buf;
@@ -90,19 +90,9 @@ int os_pread_full(int fd, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-/* Shared loop for write and pwrite; off < 0 means "current position". */
-static int write_loop(int fd, const void *buf, size_t len, int64_t off)
+/* Write all of buf; off < 0 means "at the current position". */
+static int write_all(int fd, const void *buf, size_t len, int64_t off)
 {
-    int rc = fault(OS_WRITE, NULL, len);
-    if (rc < 0)
-        return rc;
-    if (rc > 0 && (size_t)rc < len) {
-        /* Injected short write: put part of the data down, then fail the
-         * rest as a full disk would. */
-        len = (size_t)rc;
-        int wrc = write_loop(fd, buf, len, off);
-        return wrc < 0 ? wrc : -ENOSPC;
-    }
     const uint8_t *p = buf;
     while (len > 0) {
         ssize_t n = off < 0 ? write(fd, p, len) : pwrite(fd, p, len, (off_t)off);
@@ -121,19 +111,33 @@ static int write_loop(int fd, const void *buf, size_t len, int64_t off)
     return 0;
 }
 
+static int write_checked(int fd, const void *buf, size_t len, int64_t off)
+{
+    int rc = fault(OS_WRITE, NULL, fd, len);
+    if (rc < 0)
+        return rc;
+    if (rc > 0 && (size_t)rc < len) {
+        /* Injected short write: part of the data lands, then the rest
+         * fails as on a full disk. */
+        int wrc = write_all(fd, buf, (size_t)rc, off);
+        return wrc < 0 ? wrc : -ENOSPC;
+    }
+    return write_all(fd, buf, len, off);
+}
+
 int os_write_full(int fd, const void *buf, size_t len)
 {
-    return write_loop(fd, buf, len, -1);
+    return write_checked(fd, buf, len, -1);
 }
 
 int os_pwrite_full(int fd, const void *buf, size_t len, uint64_t off)
 {
-    return write_loop(fd, buf, len, (int64_t)off);
+    return write_checked(fd, buf, len, (int64_t)off);
 }
 
 int os_fdatasync(int fd)
 {
-    int rc = fault(OS_SYNC, NULL, 0);
+    int rc = fault(OS_SYNC, NULL, fd, 0);
     if (rc < 0)
         return rc;
     return fdatasync(fd) == 0 ? 0 : -errno;
@@ -141,7 +145,7 @@ int os_fdatasync(int fd)
 
 int os_fsync(int fd)
 {
-    int rc = fault(OS_SYNC, NULL, 0);
+    int rc = fault(OS_SYNC, NULL, fd, 0);
     if (rc < 0)
         return rc;
     return fsync(fd) == 0 ? 0 : -errno;
@@ -149,7 +153,7 @@ int os_fsync(int fd)
 
 int os_fsync_dir(const char *dir)
 {
-    int rc = fault(OS_DIRSYNC, dir, 0);
+    int rc = fault(OS_DIRSYNC, dir, -1, 0);
     if (rc < 0)
         return rc;
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -162,7 +166,7 @@ int os_fsync_dir(const char *dir)
 
 int os_rename(const char *from, const char *to)
 {
-    int rc = fault(OS_RENAME, to, 0);
+    int rc = fault(OS_RENAME, to, -1, 0);
     if (rc < 0)
         return rc;
     return rename(from, to) == 0 ? 0 : -errno;
@@ -170,7 +174,7 @@ int os_rename(const char *from, const char *to)
 
 int os_unlink(const char *path)
 {
-    int rc = fault(OS_UNLINK, path, 0);
+    int rc = fault(OS_UNLINK, path, -1, 0);
     if (rc < 0)
         return rc;
     if (unlink(path) == 0 || errno == ENOENT)
@@ -180,7 +184,7 @@ int os_unlink(const char *path)
 
 int os_ftruncate(int fd, uint64_t len)
 {
-    int rc = fault(OS_TRUNCATE, NULL, 0);
+    int rc = fault(OS_TRUNCATE, NULL, fd, 0);
     if (rc < 0)
         return rc;
     while (ftruncate(fd, (off_t)len) != 0) {
@@ -201,7 +205,7 @@ int os_file_size(int fd, uint64_t *size)
 
 int os_mmap_read(int fd, size_t len, const void **addr)
 {
-    int rc = fault(OS_MMAP, NULL, len);
+    int rc = fault(OS_MMAP, NULL, fd, len);
     if (rc < 0)
         return rc;
     if (len == 0)
@@ -221,7 +225,7 @@ void os_munmap(const void *addr, size_t len)
 
 static int lock_fd(int fd, int how)
 {
-    int rc = fault(OS_LOCK, NULL, 0);
+    int rc = fault(OS_LOCK, NULL, fd, 0);
     if (rc < 0)
         return rc;
     while (flock(fd, how | LOCK_NB) != 0) {

@@ -19,9 +19,11 @@ typedef enum {
 } os_op;
 
 /* A fault hook: return 0 to let the call proceed, -errno to fail it.
- * For OS_WRITE, returning a positive n < len makes the write short (n bytes
- * are written, then the call fails with -ENOSPC). */
-typedef int (*os_fault_fn)(void *ctx, os_op op, const char *path, size_t len);
+ * path is the file's name where the call takes one, else NULL; fd is the
+ * descriptor where the call takes one, else -1 (a test can map it to a name
+ * through /proc/self/fd). For OS_WRITE, returning a positive n < len makes
+ * the write short (n bytes are written, then the call fails with -ENOSPC). */
+typedef int (*os_fault_fn)(void *ctx, os_op op, const char *path, int fd, size_t len);
 void os_set_fault_hook(os_fault_fn fn, void *ctx); /* NULL removes it; not thread-safe */
 
 int os_open(const char *path, int flags, int mode, int *fd_out);

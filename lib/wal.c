@@ -155,9 +155,18 @@ static uint64_t pad8(uint64_t n)
     return (n + 7) & ~(uint64_t)7;
 }
 
+/* errno of this thread's last failed OS call here, for wal_last_errno. */
+static _Thread_local int last_os_errno;
+
 static int os_rc(int neg_errno)
 {
+    last_os_errno = -neg_errno;
     return neg_errno == -ENOMEM ? KV_ENOMEM : KV_EIO;
+}
+
+int wal_last_errno(void)
+{
+    return last_os_errno;
 }
 
 static char *path_join(const char *dir, const char *name)

@@ -64,6 +64,9 @@ uint64_t wal_sync_count(const wal *w);   /* fdatasync calls made */
 uint64_t wal_last_seq(const wal *w);     /* seq of the last appended record, first_seq-1 if none */
 int wal_failed(const wal *w);            /* non-zero after an I/O error */
 int wal_error(const wal *w);             /* errno of the first I/O error, 0 if none */
+/* errno behind this thread's last KV_EIO from wal_create, wal_open_append or
+ * wal_replay (they have no handle to ask wal_error of). */
+int wal_last_errno(void);
 int wal_close(wal *w);                   /* does NOT sync; frees */
 
 /*
