@@ -1,0 +1,199 @@
+/* test_os.c — the system-call seam: wrappers and fault injection. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "os.h"
+
+typedef struct {
+    os_op op;
+    int countdown; /* fail the Nth matching call */
+    int result;    /* what to return then */
+    int calls;
+} fault_plan;
+
+static int plan_hook(void *ctx, os_op op, const char *path, int fd, size_t len)
+{
+    (void)path;
+    (void)fd;
+    (void)len;
+    fault_plan *p = ctx;
+    if (op != p->op)
+        return 0;
+    p->calls++;
+    return p->calls == p->countdown ? p->result : 0;
+}
+
+static char dir[64];
+
+static int setup(void **state)
+{
+    (void)state;
+    strcpy(dir, "/tmp/kyro-os-XXXXXX");
+    return mkdtemp(dir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    os_set_fault_hook(NULL, NULL);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    return system(cmd);
+}
+
+static void test_write_read_roundtrip(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/f", dir);
+    int fd;
+    assert_int_equal(os_open(path, O_RDWR | O_CREAT, 0644, &fd), 0);
+    assert_int_equal(os_write_full(fd, "hello", 5), 0);
+    assert_int_equal(os_pwrite_full(fd, "J", 1, 0), 0);
+    assert_int_equal(os_fdatasync(fd), 0);
+    uint64_t size;
+    assert_int_equal(os_file_size(fd, &size), 0);
+    assert_int_equal(size, 5);
+    char buf[5];
+    assert_int_equal(os_pread_full(fd, buf, 5, 0), 0);
+    assert_memory_equal(buf, "Jello", 5);
+    /* Reading past the end is an error, not a silent short read. */
+    assert_int_equal(os_pread_full(fd, buf, 5, 1), -EIO);
+    assert_int_equal(os_ftruncate(fd, 2), 0);
+    os_close(fd);
+
+    void *all;
+    size_t len;
+    assert_int_equal(os_read_file(path, &all, &len), 0);
+    assert_int_equal(len, 2);
+    assert_memory_equal(all, "Je", 2);
+    free(all);
+    assert_int_equal(os_read_file("/nonexistent/kyro", &all, &len), -ENOENT);
+}
+
+static void test_mkdir_unlink_rename(void **state)
+{
+    (void)state;
+    char sub[128], a[160], b[160];
+    snprintf(sub, sizeof sub, "%s/sub", dir);
+    assert_int_equal(os_mkdir(sub), 0);
+    assert_int_equal(os_mkdir(sub), 0); /* already there as a directory */
+    snprintf(a, sizeof a, "%s/a", sub);
+    snprintf(b, sizeof b, "%s/b", sub);
+    int fd;
+    assert_int_equal(os_open(a, O_RDWR | O_CREAT, 0644, &fd), 0);
+    os_close(fd);
+    assert_int_equal(os_mkdir(a), -ENOTDIR);
+    assert_int_equal(os_rename(a, b), 0);
+    assert_false(os_path_exists(a));
+    assert_true(os_path_exists(b));
+    assert_int_equal(os_fsync_dir(sub), 0);
+    assert_int_equal(os_unlink(b), 0);
+    assert_int_equal(os_unlink(b), 0); /* already absent is fine */
+}
+
+static void test_lock_excludes_second_holder(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/LOCK", dir);
+    int fd1, fd2, fd3;
+    assert_int_equal(os_open(path, O_RDWR | O_CREAT, 0644, &fd1), 0);
+    assert_int_equal(os_open(path, O_RDWR, 0, &fd2), 0);
+    assert_int_equal(os_lock_exclusive(fd1), 0);
+    assert_int_equal(os_lock_exclusive(fd2), -EWOULDBLOCK);
+    assert_int_equal(os_lock_shared(fd2), -EWOULDBLOCK);
+    os_close(fd1);
+    assert_int_equal(os_lock_shared(fd2), 0);
+    assert_int_equal(os_open(path, O_RDONLY, 0, &fd3), 0);
+    assert_int_equal(os_lock_shared(fd3), 0);
+    os_close(fd2);
+    os_close(fd3);
+}
+
+static void test_fault_fails_nth_call(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/g", dir);
+    int fd;
+    assert_int_equal(os_open(path, O_RDWR | O_CREAT, 0644, &fd), 0);
+    fault_plan p = {.op = OS_WRITE, .countdown = 3, .result = -ENOSPC};
+    os_set_fault_hook(plan_hook, &p);
+    assert_int_equal(os_write_full(fd, "a", 1), 0);
+    assert_int_equal(os_write_full(fd, "b", 1), 0);
+    assert_int_equal(os_write_full(fd, "c", 1), -ENOSPC);
+    assert_int_equal(os_write_full(fd, "d", 1), 0);
+    fault_plan s = {.op = OS_SYNC, .countdown = 1, .result = -EIO};
+    os_set_fault_hook(plan_hook, &s);
+    assert_int_equal(os_fdatasync(fd), -EIO);
+    assert_int_equal(os_fsync(fd), 0);
+    os_set_fault_hook(NULL, NULL);
+    uint64_t size;
+    assert_int_equal(os_file_size(fd, &size), 0);
+    assert_int_equal(size, 3); /* "abd": the failed write put nothing down */
+    os_close(fd);
+}
+
+static void test_fault_short_write(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/h", dir);
+    int fd;
+    assert_int_equal(os_open(path, O_RDWR | O_CREAT, 0644, &fd), 0);
+    fault_plan p = {.op = OS_WRITE, .countdown = 1, .result = 4};
+    os_set_fault_hook(plan_hook, &p);
+    assert_int_equal(os_write_full(fd, "0123456789", 10), -ENOSPC);
+    os_set_fault_hook(NULL, NULL);
+    uint64_t size;
+    assert_int_equal(os_file_size(fd, &size), 0);
+    assert_int_equal(size, 4);
+    char buf[4];
+    assert_int_equal(os_pread_full(fd, buf, 4, 0), 0);
+    assert_memory_equal(buf, "0123", 4);
+    os_close(fd);
+}
+
+static void test_mmap_read(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/m", dir);
+    int fd;
+    assert_int_equal(os_open(path, O_RDWR | O_CREAT, 0644, &fd), 0);
+    assert_int_equal(os_write_full(fd, "mapped", 6), 0);
+    const void *p;
+    assert_int_equal(os_mmap_read(fd, 6, &p), 0);
+    assert_memory_equal(p, "mapped", 6);
+    os_munmap(p, 6);
+    assert_int_equal(os_mmap_read(fd, 0, &p), -EINVAL);
+    fault_plan f = {.op = OS_MMAP, .countdown = 1, .result = -ENOMEM};
+    os_set_fault_hook(plan_hook, &f);
+    assert_int_equal(os_mmap_read(fd, 6, &p), -ENOMEM);
+    os_set_fault_hook(NULL, NULL);
+    os_close(fd);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_write_read_roundtrip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mkdir_unlink_rename, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_excludes_second_holder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fault_fails_nth_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fault_short_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mmap_read, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
