@@ -1,0 +1,379 @@
+/*
+ * kvbench.c — KyroDB against a sorted array, in one run, on one thread.
+ *
+ * N distinct random uint64 keys (splitmix64, fixed seed) with V-byte values
+ * go into a fresh database in a temporary directory (KV_SYNC_OFF) in random
+ * order; kv_rebuild_index folds them into the learned index; then, timed
+ * separately: gets of every key in another random order (each value
+ * checked), gets of N absent keys, and S scans of 100 keys from a random
+ * present key. The baseline is a plain sorted array of the same keys and
+ * values searched by binary search, doing the same work per operation
+ * (copy and check the value; walk 100 entries). Each row prints ops/s and
+ * KyroDB / baseline; then the index fields of kv_stats, taken right after
+ * the present-key gets.
+ *
+ *   kvbench [-n N] [-v BYTES] [-s SCANS] [-d DIR] [--csv]
+ *
+ * -n keys (default 2000000), -v value size (default 16), -s scans
+ * (default N / 20), -d parent of the temporary database directory (default
+ * $TMPDIR or /tmp), --csv one header line and one data line.
+ * Exit status 1 if any operation fails or returns a wrong value.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kyro.h"
+
+#define SCAN_LEN 100
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* The value of a key: 8-byte words derived from it, then a tail. */
+static void fill_value(uint64_t key, unsigned char *buf, size_t len)
+{
+    size_t i = 0;
+    for (uint64_t w = 0; i + 8 <= len; i += 8, w++) {
+        uint64_t x = key ^ (w * 0x9E3779B97F4A7C15ull);
+        memcpy(buf + i, &x, 8);
+    }
+    for (; i < len; i++)
+        buf[i] = (unsigned char)(key >> (8 * (i & 7)));
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* First index i with keys[i] >= key, n if none. */
+static size_t lower_bound(const uint64_t *keys, size_t n, uint64_t key)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (keys[mid] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static void shuffle(uint64_t *a, size_t n, uint64_t seed)
+{
+    for (size_t i = n; i > 1; i--) {
+        size_t j = (size_t)(splitmix64(&seed) % i);
+        uint64_t t = a[i - 1];
+        a[i - 1] = a[j];
+        a[j] = t;
+    }
+}
+
+static void remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    if (d) {
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            unlinkat(dirfd(d), e->d_name, 0);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
+}
+
+struct row {
+    const char *name; /* table label */
+    const char *id;   /* CSV column prefix */
+    uint64_t ops;
+    double secs;      /* KyroDB */
+    double base_secs; /* baseline; 0 if there is none */
+};
+
+static double rate(uint64_t ops, double secs) { return secs > 0 ? (double)ops / secs : 0; }
+
+static void usage(const char *prog)
+{
+    fprintf(stderr, "usage: %s [-n KEYS] [-v VALUE_BYTES] [-s SCANS] [-d DIR] [--csv]\n", prog);
+    exit(2);
+}
+
+static uint64_t parse_num(const char *prog, const char *s)
+{
+    char *end;
+    unsigned long long v;
+    if (s == NULL)
+        usage(prog);
+    v = strtoull(s, &end, 10);
+    if (*s == '\0' || *end != '\0')
+        usage(prog);
+    return v;
+}
+
+#define FAIL(...) do { fprintf(stderr, "kvbench: " __VA_ARGS__); fputc('\n', stderr); goto fail; } while (0)
+
+int main(int argc, char **argv)
+{
+    size_t n = 2000000, vsize = 16, nscan = 0;
+    int csv = 0;
+    const char *parent = getenv("TMPDIR");
+    char dir[4096];
+    uint64_t *keys = NULL, *sorted = NULL, *order = NULL, *absent = NULL;
+    unsigned char *values = NULL, *val = NULL, *buf = NULL;
+    kv_db *db = NULL;
+    kv_options opts;
+    kv_stats st;
+    struct row rows[5];
+    int nrows = 0, rc, status = 1, have_dir = 0;
+    uint64_t seed = 42, sink = 0;
+    double t0, t_rebuild;
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-n") == 0)
+            n = (size_t)parse_num(argv[0], argv[++i]);
+        else if (strcmp(argv[i], "-v") == 0)
+            vsize = (size_t)parse_num(argv[0], argv[++i]);
+        else if (strcmp(argv[i], "-s") == 0)
+            nscan = (size_t)parse_num(argv[0], argv[++i]);
+        else if (strcmp(argv[i], "-d") == 0 && i + 1 < argc)
+            parent = argv[++i];
+        else if (strcmp(argv[i], "--csv") == 0)
+            csv = 1;
+        else
+            usage(argv[0]);
+    }
+    if (n == 0 || vsize > KV_MAX_VALUE)
+        usage(argv[0]);
+    if (nscan == 0)
+        nscan = n / 20 ? n / 20 : 1;
+    if (parent == NULL || *parent == '\0')
+        parent = "/tmp";
+
+    keys = malloc(n * sizeof *keys);
+    sorted = malloc(n * sizeof *sorted);
+    order = malloc(n * sizeof *order);
+    absent = malloc(n * sizeof *absent);
+    values = malloc(n * vsize + 1);
+    val = malloc(vsize + 1);
+    buf = malloc(vsize + 1);
+    if (!keys || !sorted || !order || !absent || !values || !val || !buf)
+        FAIL("out of memory for %zu keys", n);
+
+    /* N distinct keys: draw, sort, redraw the duplicates (practically never). */
+    for (size_t i = 0; i < n; i++)
+        keys[i] = splitmix64(&seed);
+    for (;;) {
+        size_t dups = 0;
+        memcpy(sorted, keys, n * sizeof *keys);
+        qsort(sorted, n, sizeof *sorted, cmp_u64);
+        for (size_t i = 1; i < n; i++) {
+            if (sorted[i] == sorted[i - 1]) {
+                for (size_t j = 0; j < n; j++)
+                    if (keys[j] == sorted[i]) {
+                        keys[j] = splitmix64(&seed);
+                        break;
+                    }
+                dups++;
+            }
+        }
+        if (dups == 0)
+            break;
+    }
+    for (size_t i = 0; i < n; i++)
+        fill_value(sorted[i], values + i * vsize, vsize);
+    memcpy(order, keys, n * sizeof *keys);
+    shuffle(order, n, 7);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k;
+        do {
+            k = splitmix64(&seed);
+        } while (lower_bound(sorted, n, k) < n && sorted[lower_bound(sorted, n, k)] == k);
+        absent[i] = k;
+    }
+
+    snprintf(dir, sizeof dir, "%s/kvbench-XXXXXX", parent);
+    if (mkdtemp(dir) == NULL)
+        FAIL("mkdtemp %s failed", dir);
+    have_dir = 1;
+    kv_options_init(&opts);
+    opts.flags = KV_CREATE;
+    opts.sync = KV_SYNC_OFF;
+    if ((rc = kv_open(dir, &opts, &db)) != KV_OK)
+        FAIL("kv_open %s: %s", dir, kv_strerror(rc));
+
+    /* Puts in random (generation) order. */
+    t0 = now();
+    for (size_t i = 0; i < n; i++) {
+        fill_value(keys[i], val, vsize);
+        if ((rc = kv_put(db, keys[i], val, vsize)) != KV_OK)
+            FAIL("kv_put: %s", kv_strerror(rc));
+    }
+    rows[nrows++] = (struct row){"put random", "put", n, now() - t0, 0};
+
+    t0 = now();
+    if ((rc = kv_rebuild_index(db)) != KV_OK)
+        FAIL("kv_rebuild_index: %s", kv_strerror(rc));
+    t_rebuild = now() - t0;
+    rows[nrows++] = (struct row){"rebuild_index", "rebuild", 1, t_rebuild, 0};
+
+    /* Present keys, in an order unrelated to the insertion order. */
+    struct row *r = &rows[nrows++];
+    *r = (struct row){"get present", "get", n, 0, 0};
+    t0 = now();
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        if ((rc = kv_get(db, order[i], buf, vsize, &len)) != KV_OK)
+            FAIL("kv_get %llu: %s", (unsigned long long)order[i], kv_strerror(rc));
+        fill_value(order[i], val, vsize);
+        if (len != vsize || memcmp(buf, val, vsize) != 0)
+            FAIL("kv_get %llu: wrong value", (unsigned long long)order[i]);
+    }
+    r->secs = now() - t0;
+    if ((rc = kv_stats_get(db, &st)) != KV_OK)
+        FAIL("kv_stats_get: %s", kv_strerror(rc));
+    t0 = now();
+    for (size_t i = 0; i < n; i++) {
+        size_t pos = lower_bound(sorted, n, order[i]);
+        if (pos == n || sorted[pos] != order[i])
+            FAIL("baseline lost key %llu", (unsigned long long)order[i]);
+        memcpy(buf, values + pos * vsize, vsize);
+        fill_value(order[i], val, vsize);
+        if (memcmp(buf, val, vsize) != 0)
+            FAIL("baseline: wrong value");
+    }
+    r->base_secs = now() - t0;
+
+    r = &rows[nrows++];
+    *r = (struct row){"get absent", "get_absent", n, 0, 0};
+    t0 = now();
+    for (size_t i = 0; i < n; i++) {
+        size_t len;
+        if ((rc = kv_get(db, absent[i], buf, vsize, &len)) != KV_NOTFOUND)
+            FAIL("kv_get absent %llu: %s", (unsigned long long)absent[i], kv_strerror(rc));
+    }
+    r->secs = now() - t0;
+    t0 = now();
+    for (size_t i = 0; i < n; i++) {
+        size_t pos = lower_bound(sorted, n, absent[i]);
+        if (pos < n && sorted[pos] == absent[i])
+            FAIL("baseline found absent key");
+    }
+    r->base_secs = now() - t0;
+
+    /* Scans of up to 100 keys from a random present key to the top. */
+    r = &rows[nrows++];
+    *r = (struct row){"scan 100", "scan100", nscan, 0, 0};
+    t0 = now();
+    for (size_t i = 0; i < nscan; i++) {
+        kv_iter *it;
+        uint64_t k;
+        const void *v;
+        size_t len;
+        int got = 0;
+        if ((rc = kv_iter_open(db, order[i % n], UINT64_MAX, &it)) != KV_OK)
+            FAIL("kv_iter_open: %s", kv_strerror(rc));
+        while (got < SCAN_LEN && (rc = kv_iter_next(it, &k, &v, &len)) == KV_OK) {
+            sink += k + len + (len ? *(const unsigned char *)v : 0);
+            got++;
+        }
+        kv_iter_close(it);
+        if (got < SCAN_LEN && rc != KV_NOTFOUND)
+            FAIL("kv_iter_next: %s", kv_strerror(rc));
+    }
+    r->secs = now() - t0;
+    t0 = now();
+    for (size_t i = 0; i < nscan; i++) {
+        size_t pos = lower_bound(sorted, n, order[i % n]);
+        for (int got = 0; got < SCAN_LEN && pos < n; got++, pos++)
+            sink -= sorted[pos] + vsize + (vsize ? values[pos * vsize] : 0);
+    }
+    r->base_secs = now() - t0;
+    if (sink != 0)
+        FAIL("scan: KyroDB and the baseline saw different entries");
+
+    if (st.keys != n)
+        FAIL("kv_stats keys = %llu, expected %zu", (unsigned long long)st.keys, n);
+
+    if (csv) {
+        printf("n,value_bytes,scans");
+        for (int i = 0; i < nrows; i++)
+            printf(",%s_s,%s_ops_s,%s_baseline_ops_s,%s_ratio", rows[i].id, rows[i].id, rows[i].id,
+                   rows[i].id);
+        printf(",index_models,index_max_error,index_avg_probe,index_fallbacks,memory_bytes,simd\n");
+        printf("%zu,%zu,%zu", n, vsize, nscan);
+        for (int i = 0; i < nrows; i++) {
+            double kr = rate(rows[i].ops, rows[i].secs), br = rate(rows[i].ops, rows[i].base_secs);
+            printf(",%.6f,%.0f", rows[i].secs, kr);
+            if (br > 0)
+                printf(",%.0f,%.3f", br, kr / br);
+            else
+                printf(",,");
+        }
+        printf(",%llu,%llu,%.3f,%llu,%llu,%s\n", (unsigned long long)st.index_models,
+               (unsigned long long)st.index_max_error, st.index_avg_probe,
+               (unsigned long long)st.index_fallbacks, (unsigned long long)st.memory_bytes,
+               st.simd ? st.simd : "");
+    } else {
+        printf("kvbench: %zu keys, %zu-byte values, %zu scans of %d, KV_SYNC_OFF, %s\n", n, vsize,
+               nscan, SCAN_LEN, dir);
+        printf("%-14s %10s %9s %14s %14s %8s\n", "op", "ops", "seconds", "KyroDB ops/s",
+               "sorted array", "ratio");
+        for (int i = 0; i < nrows; i++) {
+            double kr = rate(rows[i].ops, rows[i].secs), br = rate(rows[i].ops, rows[i].base_secs);
+            printf("%-14s %10llu %9.3f ", rows[i].name, (unsigned long long)rows[i].ops,
+                   rows[i].secs);
+            if (rows[i].ops > 1)
+                printf("%14.0f ", kr);
+            else
+                printf("%14s ", "-");
+            if (br > 0)
+                printf("%14.0f %8.2f\n", br, kr / br);
+            else
+                printf("%14s %8s\n", "-", "-");
+        }
+        printf("index_models %llu, index_max_error %llu, index_avg_probe %.2f, "
+               "index_fallbacks %llu, memory_bytes %llu, simd %s\n",
+               (unsigned long long)st.index_models, (unsigned long long)st.index_max_error,
+               st.index_avg_probe, (unsigned long long)st.index_fallbacks,
+               (unsigned long long)st.memory_bytes, st.simd ? st.simd : "?");
+    }
+    status = 0;
+fail:
+    if (db && (rc = kv_close(db)) != KV_OK) {
+        fprintf(stderr, "kvbench: kv_close: %s\n", kv_strerror(rc));
+        status = 1;
+    }
+    if (have_dir)
+        remove_dir(dir);
+    free(keys);
+    free(sorted);
+    free(order);
+    free(absent);
+    free(values);
+    free(val);
+    free(buf);
+    return status;
+}
