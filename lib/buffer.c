@@ -99,6 +99,12 @@ struct buf {
     _Atomic uint64_t nkeys, nwrites, mem;
     /* Writer only. */
     buf_node *tail[BUF_MAX_HEIGHT]; /* last node of each level, or head */
+    /* The previous insert's prev[] (with the inserted node on its own
+     * levels) and its key: an insert of a larger key resumes each level's
+     * search there, so ascending runs (sorted batches) skip most of the
+     * walk from the head. finger[0] == NULL until the first insert. */
+    buf_node *finger[BUF_MAX_HEIGHT];
+    uint64_t finger_key;
     uint64_t rng;
     buf_arena meta, vals;
 };
@@ -319,8 +325,14 @@ static void find_prev(buf *b, uint64_t key, buf_node **prev)
     }
     int top = atomic_load_explicit(&b->max_height, memory_order_relaxed);
     buf_node *x = b->head;
+    int resume = b->finger[0] && b->finger_key < key;
     for (int i = BUF_MAX_HEIGHT - 1; i >= 0; i--) {
         if (i < top) {
+            /* Both x and finger[i] are level-i nodes below key: start from
+             * whichever is further along. */
+            buf_node *f = resume ? b->finger[i] : b->head;
+            if (f != b->head && (x == b->head || f->key > x->key))
+                x = f;
             for (;;) {
                 buf_node *nx = atomic_load_explicit(&x->next[i], memory_order_relaxed);
                 if (!nx || nx->key >= key)
@@ -345,6 +357,9 @@ static void link_node(buf *b, buf_node *n)
         if (!nx)
             b->tail[i] = n;
     }
+    for (int i = 0; i < BUF_MAX_HEIGHT; i++)
+        b->finger[i] = i < (int)n->height ? n : prev[i];
+    b->finger_key = n->key;
     if ((int)n->height > atomic_load_explicit(&b->max_height, memory_order_relaxed))
         atomic_store_explicit(&b->max_height, (int)n->height, memory_order_relaxed);
 }

@@ -129,27 +129,105 @@ static int apply_one(kv_db *db, uint64_t seq, int is_delete, uint64_t key, const
     return KV_OK;
 }
 
+/* One batch entry, for applying a batch in key order. */
+typedef struct {
+    uint64_t key;
+    uint32_t ordinal; /* position in the batch: later entries win */
+    uint32_t is_delete;
+    const uint8_t *val;
+    size_t len;
+} batch_entry;
+
+static int batch_entry_less(const batch_entry *x, const batch_entry *y)
+{
+    return x->key != y->key ? x->key < y->key : x->ordinal < y->ordinal;
+}
+
+/* Quicksort (median of three, insertion sort below 16) with the comparison
+ * inlined: qsort's indirect calls cost more than the inserts it speeds up.
+ * (key, ordinal) pairs are distinct, so stability needs nothing more. */
+static void sort_batch_entries(batch_entry *e, size_t n)
+{
+    while (n > 16) {
+        size_t mid = n / 2;
+        batch_entry t;
+#define SWAP_ENTRIES(i, j) (t = e[i], e[i] = e[j], e[j] = t)
+        if (batch_entry_less(&e[mid], &e[0]))
+            SWAP_ENTRIES(mid, 0);
+        if (batch_entry_less(&e[n - 1], &e[0]))
+            SWAP_ENTRIES(n - 1, 0);
+        if (batch_entry_less(&e[n - 1], &e[mid]))
+            SWAP_ENTRIES(n - 1, mid);
+        batch_entry pivot = e[mid];
+        size_t i = 0, j = n - 1;
+        for (;;) {
+            while (batch_entry_less(&e[i], &pivot))
+                i++;
+            while (batch_entry_less(&pivot, &e[j]))
+                j--;
+            if (i >= j)
+                break;
+            SWAP_ENTRIES(i, j);
+            i++;
+            j--;
+        }
+#undef SWAP_ENTRIES
+        /* Recurse into the smaller side, loop on the larger: O(log n) stack. */
+        size_t left = j + 1;
+        if (left < n - left) {
+            sort_batch_entries(e, left);
+            e += left;
+            n -= left;
+        } else {
+            sort_batch_entries(e + left, n - left);
+            n = left;
+        }
+    }
+    for (size_t i = 1; i < n; i++) {
+        batch_entry x = e[i];
+        size_t j = i;
+        for (; j > 0 && batch_entry_less(&x, &e[j - 1]); j--)
+            e[j] = e[j - 1];
+        e[j] = x;
+    }
+}
+
 int db_apply_batch(kv_db *db, uint64_t seq, const uint8_t *payload, size_t len)
 {
     wal_batch_cursor c = {payload, payload + len};
     int op, rc;
     uint64_t key;
     const uint8_t *val;
-    size_t vlen;
+    size_t vlen, count = 0;
     /* Validate the whole batch before applying any of it. */
     while ((rc = wal_batch_next(&c, &op, &key, &val, &vlen)) == 1) {
         if (vlen > KV_MAX_VALUE)
             return KV_ECORRUPT;
+        count++;
     }
     if (rc != 0)
         return KV_ECORRUPT;
+
+    /* In key order the buffer's insert resumes where the previous one
+     * ended instead of searching from the top; equal keys keep batch order,
+     * so the later one still wins. Without memory, batch order works too. */
+    batch_entry *e = count > 1 && count <= UINT32_MAX ? malloc(count * sizeof *e) : NULL;
     c = (wal_batch_cursor){payload, payload + len};
-    while (wal_batch_next(&c, &op, &key, &val, &vlen) == 1) {
-        rc = apply_one(db, seq, op == WAL_OP_DEL, key, val, vlen);
-        if (rc != KV_OK)
-            return rc;
+    if (!e) {
+        while (wal_batch_next(&c, &op, &key, &val, &vlen) == 1) {
+            if ((rc = apply_one(db, seq, op == WAL_OP_DEL, key, val, vlen)) != KV_OK)
+                return rc;
+        }
+        return KV_OK;
     }
-    return KV_OK;
+    for (size_t i = 0; wal_batch_next(&c, &op, &key, &val, &vlen) == 1; i++)
+        e[i] = (batch_entry){key, (uint32_t)i, op == WAL_OP_DEL, val, vlen};
+    sort_batch_entries(e, count);
+    rc = KV_OK;
+    for (size_t i = 0; i < count && rc == KV_OK; i++)
+        rc = apply_one(db, seq, (int)e[i].is_delete, e[i].key, e[i].val, e[i].len);
+    free(e);
+    return rc;
 }
 
 static void kick_background(kv_db *db)

@@ -476,6 +476,52 @@ static void test_iterate_many(void **state)
 
 /* ---- Value sizes --------------------------------------------------- */
 
+/* Ascending runs from random starting points (how sorted batches arrive),
+ * mixed with single random keys: inserts that resume from the previous
+ * insert's position must link every node where a search from the head
+ * would have. */
+static void test_ascending_runs(void **state)
+{
+    (void)state;
+    rng_state = 4242;
+    const size_t n = small_scale() ? 6000 : 60000;
+    uint64_t *keys = malloc(n * sizeof *keys);
+    assert_non_null(keys);
+    buf *b;
+    assert_int_equal(buf_new(&b), KV_OK);
+    size_t got = 0;
+    while (got < n) {
+        size_t run = 1 + rnd() % 64;
+        uint64_t k = rnd() >> (rnd() % 40);
+        for (size_t r = 0; r < run && got < n; r++) {
+            k += 1 + rnd() % 1000;
+            if (buf_get(b, k, UINT64_MAX, NULL, NULL) != BUF_ABSENT)
+                continue;
+            keys[got] = k;
+            put_tag(b, k, got + 1, k, 8);
+            got++;
+        }
+        if (got % 97 == 0)
+            assert_int_equal(buf_validate(b), KV_OK);
+    }
+    assert_int_equal(buf_keys(b), n);
+    assert_int_equal(buf_validate(b), KV_OK);
+    qsort(keys, n, sizeof *keys, cmp_u64);
+    buf_iter it;
+    buf_iter_seek(b, &it, 0, UINT64_MAX);
+    uint64_t k;
+    const void *v;
+    size_t len, i = 0;
+    while (buf_iter_next(&it, &k, &v, &len) == BUF_VALUE) {
+        assert_true(i < n);
+        assert_true(k == keys[i]);
+        i++;
+    }
+    assert_int_equal(i, n);
+    buf_free(b);
+    free(keys);
+}
+
 static void test_value_sizes(void **state)
 {
     (void)state;
@@ -989,6 +1035,7 @@ int main(void)
         cmocka_unit_test(test_model),
         cmocka_unit_test(test_iterate),
         cmocka_unit_test(test_iterate_many),
+        cmocka_unit_test(test_ascending_runs),
         cmocka_unit_test(test_value_sizes),
         cmocka_unit_test(test_hash_growth),
         cmocka_unit_test(test_enomem),
