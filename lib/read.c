@@ -198,10 +198,11 @@ int kv_iter_open(kv_db *db, uint64_t lo, uint64_t hi, kv_iter **out)
     return KV_OK;
 }
 
-int kv_iter_next(kv_iter *it, uint64_t *key, const void **val, size_t *len)
+/* The general step: the smallest key over all layers, newest layer winning,
+ * tombstones skipped. Out of line so the base-only path stays small. */
+static __attribute__((noinline)) int iter_next_merged(kv_iter *it, uint64_t *key,
+                                                      const void **val, size_t *len)
 {
-    if (!it || !key || !val || !len)
-        return KV_EINVAL;
     while (!it->done) {
         int best = -1;
         for (int s = 0; s < SRC_COUNT; s++) {
@@ -228,6 +229,35 @@ int kv_iter_next(kv_iter *it, uint64_t *key, const void **val, size_t *len)
         return KV_OK;
     }
     return KV_NOTFOUND;
+}
+
+int kv_iter_next(kv_iter *it, uint64_t *key, const void **val, size_t *len)
+{
+    if (!it || !key || !val || !len)
+        return KV_EINVAL;
+    if (it->head[SRC_ACTIVE].state != BUF_ABSENT || it->head[SRC_FROZEN].state != BUF_ABSENT)
+        return iter_next_merged(it, key, val, len);
+    /* Only the base is left (the usual case once the buffers are folded):
+     * step it directly. It holds no tombstones. */
+    iter_head *hb = &it->head[SRC_BASE];
+    if (it->done || hb->state == BUF_ABSENT || hb->key > it->hi) {
+        it->done = 1;
+        return KV_NOTFOUND;
+    }
+    *key = hb->key;
+    *val = hb->val;
+    *len = hb->len;
+    if (hb->key == it->hi)
+        it->done = 1;
+    const run *r = it->view->v->base;
+    if (it->base_pos < r->n) {
+        hb->key = r->keys[it->base_pos];
+        hb->val = run_value(r, it->base_pos, &hb->len);
+        it->base_pos++;
+    } else {
+        hb->state = BUF_ABSENT;
+    }
+    return KV_OK;
 }
 
 void kv_iter_close(kv_iter *it)

@@ -144,12 +144,16 @@ static int run_alloc_arrays(run *r, uint64_t n)
 /*
  * Merge walk shared by the counting and the filling pass: base pairs and
  * the frozen buffer's visible entries in key order, buffer entries winning,
- * tombstones dropping the key. With out == NULL it only counts keys and
- * buffer value bytes.
+ * tombstones dropping the key. Buffer values are copied into the new
+ * segment; a base value is copied too when seg_map[its segment] is
+ * SEG_COPY, else its reference is renumbered through seg_map. With out ==
+ * NULL it only counts keys and the new segment's bytes.
  */
-static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, run *out,
-                       uint32_t new_seg, uint8_t *seg_bytes, uint64_t *nkeys, uint64_t *nbytes,
-                       uint64_t *live_bytes)
+#define SEG_COPY UINT32_MAX
+
+static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, const uint32_t *seg_map,
+                       run *out, uint32_t new_seg, uint8_t *seg_bytes, uint64_t *nkeys,
+                       uint64_t *nbytes, uint64_t *live_bytes)
 {
     buf_iter it;
     uint64_t bkey = 0, i = 0, n = 0, off = 0, live = 0;
@@ -178,11 +182,21 @@ static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, run
             }
             bstate = buf_iter_next(&it, &bkey, &bval, &blen);
         } else {
+            run_vref v = base->vrefs[i];
+            uint32_t to = seg_map[v.seg];
+            if (to == SEG_COPY) {
+                if (out && v.len)
+                    memcpy(seg_bytes + off, base->segs[v.seg]->data + v.off, v.len);
+                v = (run_vref){.off = off, .len = v.len, .seg = new_seg};
+                off += v.len;
+            } else {
+                v.seg = to;
+            }
             if (out) {
                 keys[n] = base->keys[i];
-                vrefs[n] = base->vrefs[i];
+                vrefs[n] = v;
             }
-            live += base->vrefs[i].len;
+            live += v.len;
             n++;
             i++;
         }
@@ -192,36 +206,73 @@ static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, run
     *live_bytes = live;
 }
 
+/* Heap segments a base may gather before a fold rewrites their values. */
+#define MAX_HEAP_SEGS 8
+
+/*
+ * Each fold adds a heap segment with the values it brought in. Left alone,
+ * neighbouring keys' values scatter over many segments (a range scan misses
+ * the cache on nearly every value) and overwritten values pin dead bytes. So
+ * once the base holds MAX_HEAP_SEGS heap segments, or its heap segments are
+ * more than twice the live bytes, the fold copies every heap value into its
+ * new segment in key order. Values still in the snapshot file stay there.
+ */
+static int should_rewrite_heap(const run *base)
+{
+    uint32_t heap_segs = 0;
+    uint64_t heap_bytes = 0;
+    for (uint32_t s = 0; s < base->nsegs; s++) {
+        if (!base->segs[s]->map) {
+            heap_segs++;
+            heap_bytes += base->segs[s]->len;
+        }
+    }
+    return heap_segs >= MAX_HEAP_SEGS || heap_bytes > 2 * base->value_bytes + (1u << 20);
+}
+
 int run_merge(const run *base, const buf *frozen, uint64_t max_seq, run **out)
 {
     uint64_t n, nbytes, live;
     uint8_t *seg_bytes = NULL;
-    merge_walk(base, frozen, max_seq, NULL, 0, NULL, &n, &nbytes, &live);
-
-    run *r = run_alloc(base->nsegs + 1);
-    if (!r)
+    uint32_t *seg_map = malloc((base->nsegs ? base->nsegs : 1) * sizeof *seg_map);
+    if (!seg_map)
         return KV_ENOMEM;
+    int rewrite = should_rewrite_heap(base);
+    uint32_t kept = 0;
+    for (uint32_t s = 0; s < base->nsegs; s++)
+        seg_map[s] = rewrite && !base->segs[s]->map ? SEG_COPY : kept++;
+    merge_walk(base, frozen, max_seq, seg_map, NULL, 0, NULL, &n, &nbytes, &live);
+
+    run *r = run_alloc(kept + 1);
+    if (!r) {
+        free(seg_map);
+        return KV_ENOMEM;
+    }
     if (run_alloc_arrays(r, n) != KV_OK)
         goto fail;
     if (nbytes && !(seg_bytes = malloc((size_t)nbytes)))
         goto fail;
-    r->segs[base->nsegs] = run_seg_new_heap(seg_bytes, nbytes);
-    if (!r->segs[base->nsegs]) {
+    r->segs[kept] = run_seg_new_heap(seg_bytes, nbytes);
+    if (!r->segs[kept]) {
         free(seg_bytes);
         goto fail;
     }
     for (uint32_t s = 0; s < base->nsegs; s++) {
-        run_seg_ref(base->segs[s]);
-        r->segs[s] = base->segs[s];
+        if (seg_map[s] != SEG_COPY) {
+            run_seg_ref(base->segs[s]);
+            r->segs[seg_map[s]] = base->segs[s];
+        }
     }
-    r->nsegs = base->nsegs + 1;
-    merge_walk(base, frozen, max_seq, r, base->nsegs, seg_bytes, &r->n, &nbytes, &live);
+    r->nsegs = kept + 1;
+    merge_walk(base, frozen, max_seq, seg_map, r, kept, seg_bytes, &r->n, &nbytes, &live);
     r->value_bytes = live;
     if (run_train(r) != KV_OK)
         goto fail;
+    free(seg_map);
     *out = r;
     return KV_OK;
 fail:
+    free(seg_map);
     run_unref(r);
     return KV_ENOMEM;
 }
