@@ -89,10 +89,10 @@ static int lookup_counted(const ver *v, uint64_t seq, uint64_t key, const void *
     int fallback = 0;
     int rc = run_get(v->base, key, val, len, &probed, &fallback);
     if (st) {
-        atomic_fetch_add_explicit(&st->probed, probed, memory_order_relaxed);
-        atomic_fetch_add_explicit(&st->lookups, 1, memory_order_relaxed);
+        ver_stat_add(st, &st->probed, probed);
+        ver_stat_add(st, &st->lookups, 1);
         if (fallback)
-            atomic_fetch_add_explicit(&st->fallbacks, 1, memory_order_relaxed);
+            ver_stat_add(st, &st->fallbacks, 1);
     }
     return rc;
 }

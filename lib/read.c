@@ -18,7 +18,8 @@
 
 static void count_get(kv_db *db)
 {
-    atomic_fetch_add_explicit(&ver_my_stripe(&db->vd)->gets, 1, memory_order_relaxed);
+    ver_stripe *st = ver_my_stripe(&db->vd);
+    ver_stat_add(st, &st->gets, 1);
 }
 
 int kv_get(kv_db *db, uint64_t key, void *buf, size_t cap, size_t *len)
@@ -160,7 +161,8 @@ int kv_view_iter_open(kv_view *vw, uint64_t lo, uint64_t hi, kv_iter **out)
         return KV_ENOMEM;
     it->view = vw;
     it->hi = hi;
-    atomic_fetch_add_explicit(&ver_my_stripe(&vw->db->vd)->scans, 1, memory_order_relaxed);
+    ver_stripe *st = ver_my_stripe(&vw->db->vd);
+    ver_stat_add(st, &st->scans, 1);
     if (lo > hi) {
         it->done = 1;
         *out = it;

@@ -21,13 +21,56 @@
 #include <sched.h>
 #include <stdlib.h>
 
-static atomic_uint next_stripe;
+/*
+ * Stripe ownership is process-wide: a thread claims a free stripe index (a
+ * bit in stripes_owned) on its first read and gives it back when it exits,
+ * so the index is its own in every domain. Pins always use atomic
+ * read-modify-writes, so even a reader running after its thread's key
+ * destructor stays correct; only a statistic could then be miscounted.
+ */
+#define SHARED_STRIPE (VER_STRIPES - 1)
+_Static_assert(SHARED_STRIPE <= 32, "stripe ownership bitmap is 32 bits");
+
+static atomic_uint_least32_t stripes_owned;
+static pthread_key_t stripe_key;
+static pthread_once_t stripe_once = PTHREAD_ONCE_INIT;
+static int stripe_key_ok;
 static _Thread_local unsigned my_stripe_plus1; /* 0 = not chosen yet */
+
+static void stripe_release(void *idx_plus1)
+{
+    unsigned idx = (unsigned)(uintptr_t)idx_plus1 - 1;
+    atomic_fetch_and(&stripes_owned, ~((uint_least32_t)1 << idx));
+}
+
+static void stripe_key_init(void)
+{
+    stripe_key_ok = pthread_key_create(&stripe_key, stripe_release) == 0;
+}
+
+static unsigned claim_stripe(void)
+{
+    pthread_once(&stripe_once, stripe_key_init);
+    if (!stripe_key_ok)
+        return SHARED_STRIPE;
+    const uint_least32_t all = SHARED_STRIPE == 32 ? UINT32_MAX : ((uint_least32_t)1 << SHARED_STRIPE) - 1;
+    uint_least32_t cur = atomic_load(&stripes_owned);
+    while ((cur & all) != all) {
+        unsigned idx = (unsigned)__builtin_ctz(~cur);
+        if (atomic_compare_exchange_weak(&stripes_owned, &cur, cur | ((uint_least32_t)1 << idx))) {
+            if (pthread_setspecific(stripe_key, (void *)(uintptr_t)(idx + 1)) == 0)
+                return idx;
+            stripe_release((void *)(uintptr_t)(idx + 1));
+            return SHARED_STRIPE;
+        }
+    }
+    return SHARED_STRIPE;
+}
 
 static unsigned stripe_index(void)
 {
     if (my_stripe_plus1 == 0)
-        my_stripe_plus1 = atomic_fetch_add(&next_stripe, 1) % VER_STRIPES + 1;
+        my_stripe_plus1 = claim_stripe() + 1;
     return my_stripe_plus1 - 1;
 }
 
@@ -50,6 +93,7 @@ int ver_domain_init(ver_domain *d, ver *initial)
         atomic_init(&s->probed, 0);
         atomic_init(&s->lookups, 0);
         atomic_init(&s->fallbacks, 0);
+        s->shared = i == SHARED_STRIPE;
     }
     return pthread_mutex_init(&d->sync_lock, NULL) == 0 ? 0 : -1;
 }

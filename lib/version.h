@@ -37,11 +37,25 @@ typedef struct ver {
 #define VER_STRIPES 32
 
 /* One cache line per stripe: the pin counters for the two grace-period
- * parities and the read statistics of the threads that use the stripe. */
+ * parities and the read statistics of the threads that use the stripe.
+ * Up to VER_STRIPES - 1 live threads each own a stripe; any more share the
+ * last one. */
 typedef struct ver_stripe {
     _Alignas(64) atomic_uint_fast64_t pins[2];
     atomic_uint_fast64_t gets, scans, probed, lookups, fallbacks;
+    int shared; /* set once at init for the last stripe */
 } ver_stripe;
+
+/* Add to one of a stripe's statistics. On a stripe its thread owns this is
+ * a plain load and store: no locked instruction, no fence on every read. */
+static inline void ver_stat_add(ver_stripe *s, atomic_uint_fast64_t *c, uint64_t n)
+{
+    if (s->shared)
+        atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+    else
+        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                              memory_order_relaxed);
+}
 
 typedef struct ver_domain {
     _Atomic(ver *) current;

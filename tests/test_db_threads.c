@@ -885,12 +885,65 @@ static void test_group_commit(void **state)
     TU_OK(kv_close(db));
 }
 
+/* More reader threads than stripes, in waves so later threads reuse the
+ * stripes earlier ones gave back: every get is counted exactly once. */
+typedef struct {
+    kv_db *db;
+    unsigned gets;
+    int rc;
+} counter_arg;
+
+static void *counting_reader(void *p)
+{
+    counter_arg *a = p;
+    char buf[16];
+    size_t len;
+    for (unsigned i = 0; i < a->gets && a->rc == KV_OK; i++) {
+        int rc = kv_get(a->db, i % 64, buf, sizeof buf, &len);
+        if (rc != KV_OK && rc != KV_NOTFOUND)
+            a->rc = rc;
+    }
+    return NULL;
+}
+
+static void test_get_counts_many_threads(void **state)
+{
+    (void)state;
+    kv_options o;
+    kv_options_init(&o);
+    o.sync = KV_SYNC_OFF;
+    kv_db *db;
+    TU_OK(kv_open(g_dir, &o, &db));
+    for (uint64_t k = 0; k < 32; k++)
+        TU_OK(kv_put(db, k, "v", 1));
+    enum { WAVES = 3, PER_WAVE = 40 };
+    const unsigned gets = (unsigned)tu_scaled(2000);
+    kv_stats before, after;
+    TU_OK(kv_stats_get(db, &before));
+    for (unsigned w = 0; w < WAVES; w++) {
+        pthread_t th[PER_WAVE];
+        counter_arg a[PER_WAVE];
+        for (unsigned t = 0; t < PER_WAVE; t++) {
+            a[t] = (counter_arg){db, gets, KV_OK};
+            assert_int_equal(pthread_create(&th[t], NULL, counting_reader, &a[t]), 0);
+        }
+        for (unsigned t = 0; t < PER_WAVE; t++) {
+            pthread_join(th[t], NULL);
+            TU_OK(a[t].rc);
+        }
+    }
+    TU_OK(kv_stats_get(db, &after));
+    assert_true(after.gets - before.gets == (uint64_t)WAVES * PER_WAVE * gets);
+    TU_OK(kv_close(db));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_one_writer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_writers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_get_counts_many_threads, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
