@@ -451,6 +451,14 @@ void buf_free(buf *b)
 
 int buf_put(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len)
 {
+    int prev;
+    return buf_put_prev(b, key, seq, tombstone, val, len, &prev);
+}
+
+int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len,
+                 int *prev)
+{
+    *prev = BUF_ABSENT;
     if (!b)
         return KV_EINVAL;
     if (tombstone) {
@@ -469,6 +477,7 @@ int buf_put(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, 
         n ? atomic_load_explicit(&n->newest, memory_order_relaxed) : NULL;
     if (newest && seq < newest->seq)
         return KV_EINVAL; /* chains must stay newest-first */
+    int before = newest ? (newest->tomb ? BUF_TOMBSTONE : BUF_VALUE) : BUF_ABSENT;
 
     /* Allocate everything first: a failure leaves nothing published. */
     const void *copy = NULL;
@@ -492,6 +501,7 @@ int buf_put(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, 
                        .tomb = tombstone != 0};
         atomic_store_explicit(&n->newest, v, memory_order_release);
         count_add(&b->nwrites);
+        *prev = before;
         return KV_OK;
     }
 

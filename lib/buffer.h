@@ -26,6 +26,10 @@ void buf_free(buf *b);            /* no reader may still use it */
  * len > KV_MAX_VALUE gives KV_ETOOBIG; val may be NULL only when len is 0.
  * On any error no reader can see a change (buf_memory aside). */
 int buf_put(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len);
+/* buf_put that also reports what the key held here before the write:
+ * BUF_VALUE, BUF_TOMBSTONE or BUF_ABSENT (saves the writer a lookup). */
+int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len,
+                 int *prev);
 
 /* Reader side (any thread, lock-free). */
 enum { BUF_ABSENT = 0, BUF_VALUE = 1, BUF_TOMBSTONE = 2 };

@@ -115,12 +115,24 @@ static int apply_one(kv_db *db, uint64_t seq, int is_delete, uint64_t key, const
                      size_t len)
 {
     ver *v = ver_current(&db->vd);
-    const void *old;
-    size_t old_len;
-    int existed = lookup_counted(v, UINT64_MAX, key, &old, &old_len, NULL) == KV_OK;
-    int rc = buf_put(v->active->b, key, seq, is_delete, val, len);
+    int prev;
+    int rc = buf_put_prev(v->active->b, key, seq, is_delete, val, len, &prev);
     if (rc != KV_OK)
         return rc;
+    int existed = prev == BUF_VALUE;
+    if (prev == BUF_ABSENT) {
+        /* Not in the active buffer: the older layers decide. */
+        const void *old;
+        size_t old_len;
+        int s = v->frozen ? buf_get(v->frozen->b, key, UINT64_MAX, &old, &old_len) : BUF_ABSENT;
+        if (s == BUF_ABSENT) {
+            size_t probed = 0;
+            int fallback = 0;
+            existed = run_get(v->base, key, &old, &old_len, &probed, &fallback) == KV_OK;
+        } else {
+            existed = s == BUF_VALUE;
+        }
+    }
     if (!existed && !is_delete)
         atomic_fetch_add_explicit(&db->live_keys, 1, memory_order_relaxed);
     else if (existed && is_delete)
