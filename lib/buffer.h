@@ -26,6 +26,17 @@ void buf_free(buf *b);            /* no reader may still use it */
  * len > KV_MAX_VALUE gives KV_ETOOBIG; val may be NULL only when len is 0.
  * On any error no reader can see a change (buf_memory aside). */
 int buf_put(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len);
+/* Bulk loading by the only thread using the buffer (recovery): after
+ * buf_defer_order, new keys are indexed for buf_get but not yet ordered;
+ * buf_finish_order sorts and links them in one pass. No iteration, seek or
+ * merge may run in between. buf_finish_order cannot fail; it returns the
+ * keys inserted since buf_defer_order, ascending, in *nkeys entries (the
+ * caller frees the array; NULL when there were none). */
+void buf_defer_order(buf *b);
+uint64_t *buf_finish_order(buf *b, size_t *nkeys);
+/* Size the hash index for nkeys keys now rather than by repeated doubling
+ * (a hint: KV_ENOMEM leaves the buffer as it was). */
+int buf_reserve(buf *b, uint64_t nkeys);
 /* buf_put that also reports what the key held here before the write:
  * BUF_VALUE, BUF_TOMBSTONE or BUF_ABSENT (saves the writer a lookup). */
 int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len,

@@ -27,6 +27,8 @@ struct kv_db {
     char *dir;
     kv_options opts;
     int readonly;
+    int replaying; /* kv_open's log replay: live_keys is counted after it */
+    int64_t replay_live_delta; /* see count_live_after_replay */
     int lock_fd;
     ver_domain vd;
 

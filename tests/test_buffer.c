@@ -522,6 +522,65 @@ static void test_ascending_runs(void **state)
     free(keys);
 }
 
+/* Deferred ordering (recovery): point reads work while keys wait, and
+ * buf_finish_order links them all and returns exactly the new keys, sorted. */
+static void test_deferred_order(void **state)
+{
+    (void)state;
+    rng_state = 99;
+    const size_t n = small_scale() ? 4000 : 40000;
+    uint64_t *keys = malloc(n * sizeof *keys);
+    assert_non_null(keys);
+    buf *b;
+    assert_int_equal(buf_new(&b), KV_OK);
+    assert_int_equal(buf_reserve(b, n), KV_OK);
+    buf_defer_order(b);
+    size_t got = 0;
+    uint64_t seq = 0;
+    while (got < n) {
+        uint64_t k = got < 2 ? (got ? UINT64_MAX : 0) : rnd() >> (rnd() % 48);
+        int prev;
+        assert_int_equal(buf_put_prev(b, k, ++seq, 0, &k, 8, &prev), KV_OK);
+        if (prev == BUF_ABSENT)
+            keys[got++] = k;
+        if (rnd() % 4 == 0) { /* overwrite or delete a key already there */
+            uint64_t old = keys[rnd() % got];
+            assert_int_equal(buf_put_prev(b, old, ++seq, 1, NULL, 0, &prev), KV_OK);
+            assert_true(prev != BUF_ABSENT);
+            assert_int_equal(buf_put_prev(b, old, ++seq, 0, &old, 8, &prev), KV_OK);
+            assert_int_equal(prev, BUF_TOMBSTONE);
+        }
+        const void *v;
+        size_t len;
+        assert_int_equal(buf_get(b, k, UINT64_MAX, &v, &len), BUF_VALUE);
+    }
+    size_t nfirst;
+    uint64_t *first = buf_finish_order(b, &nfirst);
+    assert_int_equal(nfirst, n);
+    qsort(keys, n, sizeof *keys, cmp_u64);
+    for (size_t i = 0; i < n; i++)
+        assert_true(first[i] == keys[i]);
+    free(first);
+    assert_int_equal(buf_validate(b), KV_OK);
+    buf_iter it;
+    buf_iter_seek(b, &it, 0, UINT64_MAX);
+    uint64_t k;
+    const void *v;
+    size_t len, i = 0;
+    while (buf_iter_next(&it, &k, &v, &len) == BUF_VALUE) {
+        assert_true(i < n && k == keys[i]);
+        assert_int_equal(len, 8);
+        assert_memory_equal(v, &k, 8);
+        i++;
+    }
+    assert_int_equal(i, n);
+    /* Back to normal inserts afterwards. */
+    assert_int_equal(buf_put(b, 12345, ++seq, 0, "x", 1), KV_OK);
+    assert_int_equal(buf_validate(b), KV_OK);
+    buf_free(b);
+    free(keys);
+}
+
 static void test_value_sizes(void **state)
 {
     (void)state;
@@ -1036,6 +1095,7 @@ int main(void)
         cmocka_unit_test(test_iterate),
         cmocka_unit_test(test_iterate_many),
         cmocka_unit_test(test_ascending_runs),
+        cmocka_unit_test(test_deferred_order),
         cmocka_unit_test(test_value_sizes),
         cmocka_unit_test(test_hash_growth),
         cmocka_unit_test(test_enomem),
