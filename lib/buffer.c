@@ -55,11 +55,20 @@ typedef struct buf_ver {
     uint32_t tomb;
 } buf_ver;
 
+/* A skiplist link. next_key copies the key of the node it points to, for
+ * the writer only: its search decides whether to step forward without
+ * touching the next node (a cache miss per rejected step saved). Readers
+ * load the pointer and read the key from the node. */
+typedef struct {
+    _Atomic(struct buf_node *) node;
+    uint64_t next_key;
+} buf_link;
+
 typedef struct buf_node {
     uint64_t key;
     _Atomic(const buf_ver *) newest; /* never NULL once published */
     uint32_t height;
-    _Atomic(struct buf_node *) next[]; /* height entries */
+    buf_link next[]; /* height entries */
 } buf_node;
 
 /* key is written before node is stored (release) and read only after a
@@ -286,7 +295,7 @@ static buf_table *table_grow(buf *b, buf_table *old)
 
 static size_t node_bytes(uint32_t height)
 {
-    return sizeof(buf_node) + height * sizeof(_Atomic(buf_node *));
+    return sizeof(buf_node) + height * sizeof(buf_link);
 }
 
 static uint32_t random_height(buf *b)
@@ -306,7 +315,7 @@ static uint32_t random_height(buf *b)
 
 static const buf_node *load_next(const buf_node *n, int level)
 {
-    return atomic_load_explicit(&n->next[level], memory_order_acquire);
+    return atomic_load_explicit(&n->next[level].node, memory_order_acquire);
 }
 
 /* Reader side: the first node with key >= key, or NULL. */
@@ -344,8 +353,8 @@ static void find_prev(buf *b, uint64_t key, buf_node **prev)
             if (f != b->head && (x == b->head || f->key > x->key))
                 x = f;
             for (;;) {
-                buf_node *nx = atomic_load_explicit(&x->next[i], memory_order_relaxed);
-                if (!nx || nx->key >= key)
+                buf_node *nx = atomic_load_explicit(&x->next[i].node, memory_order_relaxed);
+                if (!nx || x->next[i].next_key >= key)
                     break;
                 x = nx;
             }
@@ -359,11 +368,13 @@ static void link_node(buf *b, buf_node *n)
     buf_node *prev[BUF_MAX_HEIGHT];
     find_prev(b, n->key, prev);
     for (uint32_t i = 0; i < n->height; i++) {
-        buf_node *nx = atomic_load_explicit(&prev[i]->next[i], memory_order_relaxed);
-        atomic_store_explicit(&n->next[i], nx, memory_order_relaxed);
+        buf_node *nx = atomic_load_explicit(&prev[i]->next[i].node, memory_order_relaxed);
+        n->next[i].next_key = prev[i]->next[i].next_key;
+        atomic_store_explicit(&n->next[i].node, nx, memory_order_relaxed);
         /* Publish bottom-up: a reader that finds n at level i can always
          * continue from it at every level below. */
-        atomic_store_explicit(&prev[i]->next[i], n, memory_order_release);
+        prev[i]->next[i].next_key = n->key;
+        atomic_store_explicit(&prev[i]->next[i].node, n, memory_order_release);
         if (!nx)
             b->tail[i] = n;
     }
@@ -429,7 +440,7 @@ int buf_new(buf **out)
     b->head->height = BUF_MAX_HEIGHT;
     atomic_init(&b->head->newest, NULL);
     for (int i = 0; i < BUF_MAX_HEIGHT; i++) {
-        atomic_init(&b->head->next[i], NULL);
+        atomic_init(&b->head->next[i].node, NULL);
         b->tail[i] = b->head;
     }
     buf_table *t = table_new(b, BUF_TABLE_MIN);
@@ -720,6 +731,8 @@ int buf_validate(const buf *b)
             if (level >= top || n->height <= (uint32_t)level ||
                 n->height > BUF_MAX_HEIGHT || (prev && prev->key >= n->key))
                 return KV_ECORRUPT;
+            if ((prev ? prev : b->head)->next[level].next_key != n->key)
+                return KV_ECORRUPT; /* the writer's copy of the key */
             if (level > 0) { /* n must also be on the level below, after lower */
                 while (lower && lower != n)
                     lower = load_next(lower, level - 1);
