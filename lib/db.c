@@ -35,8 +35,12 @@
 #include "snapshot.h"
 
 #define LOCK_NAME "LOCK"
+/* Bounds of the library-chosen fold threshold (base/8 between them). The
+ * cap keeps the skiplist small enough that a random insert stays cheap and
+ * the buffer's ~150 bytes per key a bounded share of memory; past it each
+ * fold of a large base costs more per write, on the background thread. */
 #define MIN_FOLD ((uint64_t)1 << 16)
-#define MAX_FOLD ((uint64_t)8 << 20)
+#define MAX_FOLD ((uint64_t)1 << 20)
 
 static uint64_t get_le64(const uint8_t *p)
 {
