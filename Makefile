@@ -6,6 +6,8 @@
 #   make test-asan    tests rebuilt in build-asan/ with ASan + UBSan
 #   make test-tsan    the concurrency tests rebuilt in build-tsan/ with TSan
 #   make tests        build the test binaries only
+#   make stress       the crash and corruption tests at length (STRESS_CYCLES
+#                     kill cycles, default 5000; STRESS_CORRUPT x the damage samples)
 #   make run          deps, build, start the example server on 127.0.0.1:3030
 #   make bench        deps (bench), build bench/*, run $(BENCH_RUN)
 #   make fuzz         build fuzz/*.c with clang + libFuzzer into build-fuzz/
@@ -92,7 +94,7 @@ COMPARE_LIBS := -llmdb -lrocksdb -lleveldb -lsqlite3
 # What `make bench` runs, one program per entry, in order. Append with
 # BENCH_RUN += $(BUILD)/bench/NAME; arguments for one program go in
 # BENCH_ARGS_NAME (e.g. make bench BENCH_ARGS_kvbench='-n 500000').
-BENCH_RUN := $(BUILD)/bench/kvbench
+BENCH_RUN := $(BUILD)/bench/kvbench $(BUILD)/bench/index_bench $(BUILD)/bench/compare
 
 FUZZ_CC ?= clang
 FUZZ_SECS ?= 60
@@ -111,7 +113,7 @@ TEST_TIMEOUT ?= 1800
 .DEFAULT_GOAL := all
 .DELETE_ON_ERROR:
 .PHONY: all lib examples tests test test-fast test-asan test-tsan contract \
-	run bench bench-build fuzz fuzz-run install uninstall clean \
+	run bench bench-build fuzz fuzz-run stress install uninstall clean \
 	deps deps-build deps-bench deps-fuzz
 
 # ---- library -------------------------------------------------------------
@@ -211,6 +213,16 @@ test-tsan: deps-build
 	@echo "== ThreadSanitizer (build-tsan/): $(notdir $(TSAN_BINS))"
 	$(call run_tests,$(TSAN_BINS:$(BUILD)/%=build-tsan/%),KYRO_TEST_SCALE=small \
 		TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1)
+
+# Long runs of the SIGKILL crash test and the corruption trials (the same
+# binaries as make test, more cycles and samples).
+STRESS_CYCLES ?= 5000
+STRESS_CORRUPT ?= 10
+stress: TEST_TIMEOUT = 7200
+stress: deps-build
+	@$(MAKE) --no-print-directory $(BUILD)/tests/test_crash $(BUILD)/tests/test_corrupt
+	$(call run_tests,$(BUILD)/tests/test_crash $(BUILD)/tests/test_corrupt,\
+		KYRO_CRASH_CYCLES=$(STRESS_CYCLES) KYRO_CORRUPT_SCALE=$(STRESS_CORRUPT))
 
 # The public header must compile cleanly on its own as C99 and C++11, and
 # match the shared contract when it is there.

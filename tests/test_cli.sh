@@ -335,6 +335,97 @@ else
     bad "no snapshot file found in $D to damage"
 fi
 
+echo "# check: every file verified, the damaged one named"
+C="$TMP/chk"
+for i in $(seq 1 40); do "$KYRO" "$C" put "$i" "value-$i" 2>/dev/null; done
+"$KYRO" "$C" snapshot >/dev/null
+for i in $(seq 30 45); do "$KYRO" "$C" put "$i" "second-$i"; done
+"$KYRO" "$C" del 5
+printf 'KYRODUMP 1\n100\t6869\n101\t\n102\t00ff\nEND 3\n' >"$TMP/chk.dump"
+"$KYRO" "$C" load "$TMP/chk.dump" 2>/dev/null
+CSNAP=$(cd "$C" && ls snap-*.kyro | head -1)
+CWAL=$(cd "$C" && ls wal-*.log | tail -1)
+run "$C" check
+expect "check of a healthy database exits 0" 0 "$RC"
+check "it reports the MANIFEST, the snapshot and the log as ok" \
+    bash -c "grep -q '^MANIFEST: ok' '$TMP/out' && grep -q '^$CSNAP: ok' '$TMP/out' && grep -q '^$CWAL: ok' '$TMP/out'"
+check "it counts the keys (40 + 5 new - 1 deleted + 3 loaded)" grep -q "^ok: 47 keys" "$TMP/out"
+check "it says every key was found by the learned index in its window" \
+    grep -q 'every key found by the index in its window' "$TMP/out"
+before=$(cd "$C" && find . -type f -exec md5sum {} + | sort)
+"$KYRO" "$C" check >/dev/null 2>&1 || true
+expect "check changes no file" "$before" "$(cd "$C" && find . -type f -exec md5sum {} + | sort)"
+
+# damage DIR FILE OFFSET: flip one byte
+damage() {
+    "$PY" - "$1/$2" "$3" <<'EOF'
+import sys
+path, off = sys.argv[1], int(sys.argv[2])
+b = bytearray(open(path, "rb").read())
+b[off] ^= 0x5A
+open(path, "wb").write(b)
+EOF
+}
+fresh() { rm -rf "$TMP/chk2"; cp -r "$C" "$TMP/chk2"; }
+fresh; damage "$TMP/chk2" "$CSNAP" 300
+run "$TMP/chk2" check
+expect "check of a flipped byte in the snapshot's keys exits 7" 7 "$RC"
+check "and names the snapshot file and the section" grep -q "^$CSNAP: DAMAGED: keys section checksum" "$TMP/out"
+check "on stderr too" err_has "$CSNAP"
+fresh; damage "$TMP/chk2" "$CWAL" 40
+run "$TMP/chk2" check
+expect "check of a bad WAL record with valid ones after it exits 7" 7 "$RC"
+check "and names the log and the byte offset" grep -q "^$CWAL: DAMAGED: bad record at byte 32" "$TMP/out"
+fresh; damage "$TMP/chk2" MANIFEST 20
+run "$TMP/chk2" check
+expect "check of a damaged MANIFEST exits 7" 7 "$RC"
+check "and names it" grep -q "^MANIFEST: DAMAGED: checksum mismatch" "$TMP/out"
+fresh; rm "$TMP/chk2/$CSNAP"
+run "$TMP/chk2" check
+expect "check with the snapshot missing exits 7" 7 "$RC"
+check "and says so" grep -q "^$CSNAP: DAMAGED: named by the MANIFEST but missing" "$TMP/out"
+fresh; damage "$TMP/chk2" "$CSNAP" 8
+run "$TMP/chk2" check
+expect "check of a snapshot with another format version exits 12 (KV_EVERSION)" 12 "$RC"
+fresh; truncate -s -3 "$TMP/chk2/$CWAL"
+run "$TMP/chk2" check
+expect "a torn log tail is only a warning: exit 0" 0 "$RC"
+check "named as a torn tail" grep -q "^$CWAL: warning: torn tail" "$TMP/out"
+
+# Random damage (flips, truncations, appended garbage): check's verdict
+# must be the library's (a read-only open).
+mangle() {
+    "$PY" - "$1" "$2" "$3" <<'EOF'
+import sys
+path, how, off = sys.argv[1], sys.argv[2], int(sys.argv[3])
+b = bytearray(open(path, "rb").read())
+if how == "flip":
+    b[off] ^= 0x5A
+elif how == "cut":
+    del b[off:]
+else:
+    b += bytes((off * 131 + k * 7) & 0xFF for k in range(1 + off % 40))
+open(path, "wb").write(b)
+EOF
+}
+agree=0; disagree=0; damaged_n=0
+for i in $(seq 1 60); do
+    fresh
+    files=(MANIFEST "$CSNAP" "$CWAL")
+    f=${files[$((i % 3))]}
+    hows=(flip flip cut append)
+    how=${hows[$(( (i / 3) % 4 ))]}
+    size=$(stat -c %s "$TMP/chk2/$f")
+    off=$(( (i * 7919 + i * i * 104729) % size ))
+    mangle "$TMP/chk2/$f" "$how" "$off"
+    RC=0; "$KYRO" "$TMP/chk2" check >/dev/null 2>&1 || RC=$?
+    LRC=0; "$KYRO" "$TMP/chk2" stats >/dev/null 2>&1 || LRC=$?
+    [ "$RC" -ne 0 ] && damaged_n=$((damaged_n + 1))
+    if [ "$RC" = "$LRC" ]; then agree=$((agree + 1)); else
+        disagree=$((disagree + 1)); echo "  # $how $f at $off: check exit $RC, open exit $LRC"; fi
+done
+expect "on 60 random damages, check's exit code is kv_open's ($damaged_n found damaged)" 0 "$disagree"
+
 echo
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]

@@ -35,8 +35,30 @@
  * before the last acknowledged kv_sync are promised: there the state must be
  * S(i) for some i between that kv_sync and A + 1.
  *
- * Environment: KYRO_CRASH_CYCLES (default 30 per test; 10 with
- * KYRO_TEST_SCALE=small), KYRO_TEST_SEED.
+ * The main test is the KV_SYNC_FULL one with MAX_THREADS writer threads: it
+ * runs KYRO_CRASH_CYCLES cycles (default 200; 40 with KYRO_TEST_SCALE=small;
+ * `make stress` runs 5000). The other three run a fifth of that each (at
+ * least 2). Before each reopen the directory is looked at as the kill left
+ * it, to count the kills that caught a snapshot or manifest half-written
+ * (a *.tmp file) or a snapshot not yet retired the WAL it covers (two or
+ * more WAL files). Every test prints its figures (cycles, time, acknowledged
+ * writes and maintenance calls, key states and values verified); the last
+ * line of the program sums them.
+ *
+ * The database lives under $KYRO_TEST_DIR, else /dev/shm, else /tmp
+ * (tu_mkdtemp_fast): a SIGKILL leaves the page cache alone, so a tmpfs loses
+ * nothing a disk would keep after a process crash, and fsync costs nothing
+ * there, so each cycle gets through many more writes.
+ *
+ * Environment: KYRO_CRASH_CYCLES, KYRO_TEST_SEED, KYRO_TEST_DIR.
+ *
+ * Sanitizers: make test-asan runs it (KYRO_TEST_SCALE=small: 64 cycles). It
+ * is deliberately not in the Makefile's TSAN_TESTS: it works under TSan (the
+ * parent forks while single-threaded, a report in the child would end it
+ * before the kill and fail the cycle), but TSan slows the child so much that
+ * it acknowledges only a few writes per 0-50 ms window (64 cycles, ~150
+ * writes, ~50 s), while test_db_threads covers the same concurrent writers,
+ * snapshots and folds under TSan at length.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -55,6 +77,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -327,7 +351,15 @@ typedef struct {
     uint64_t seed;
     slot state[MAX_THREADS][NKEYS]; /* verified state before the cycle */
     uint64_t total_acks, inflight_applied, cycles_killed_early, lost_unsynced;
+    uint64_t acked_writes, acked_maint, maint_inflight, kills_tmp, kills_multiwal;
+    uint64_t keys_checked, values_checked;
 } crash_ctx;
+
+/* Sums over every test of the program, printed at the end. */
+static struct {
+    uint64_t tests, cycles, acked_writes, acked_maint, keys_checked, values_checked;
+    uint64_t kills_tmp, kills_multiwal, maint_inflight, ns;
+} g_total;
 
 /* Read records until the deadline (ns, 0: until EOF); returns 1 at EOF. */
 static int drain(int fd, uint64_t deadline, uint64_t *acks, unsigned nthreads, int *ready,
@@ -434,6 +466,7 @@ static void verify(crash_ctx *c, uint64_t cycle, uint64_t cseed, const uint64_t 
                      "(torn or foreign value)",
                      (unsigned long long)c->seed, (unsigned long long)cycle,
                      (unsigned long long)key, len);
+        c->values_checked++;
         slot *s = &found[km->t][km->id];
         s->present = 1;
         s->tag = tag;
@@ -465,6 +498,7 @@ static void verify(crash_ctx *c, uint64_t cycle, uint64_t cseed, const uint64_t 
         fail_msg("cycle %llu: stats.keys %llu, scan found %zu", (unsigned long long)cycle,
                  (unsigned long long)st.keys, n);
     TU_OK(kv_close(db));
+    c->keys_checked += (uint64_t)c->nthreads * NKEYS;
 
     for (unsigned t = 0; t < c->nthreads; t++) {
         static slot cand[NKEYS];
@@ -539,18 +573,50 @@ static void verify(crash_ctx *c, uint64_t cycle, uint64_t cseed, const uint64_t 
     }
 }
 
-static void run_cycles(unsigned nthreads, uint64_t seed, kv_sync_mode mode)
+/* What the kill left in the directory: *tmp = a *.tmp file (a snapshot or
+ * manifest caught half-written), *nwal = WAL files. */
+static void look_at_dir(const char *dir, int *tmp, int *nwal)
 {
+    *tmp = *nwal = 0;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        size_t n = strlen(e->d_name);
+        if (n > 4 && strcmp(e->d_name + n - 4, ".tmp") == 0)
+            *tmp = 1;
+        if (strncmp(e->d_name, "wal-", 4) == 0)
+            (*nwal)++;
+    }
+    closedir(d);
+}
+
+/* Cycles of the main test (KV_SYNC_FULL, several threads). */
+static uint64_t main_cycles(void)
+{
+    return tu_env_u64("KYRO_CRASH_CYCLES", tu_small() ? 40 : 200);
+}
+
+/* Cycles of the other tests: a fifth of the main test's, at least 2. */
+static uint64_t side_cycles(void)
+{
+    uint64_t n = main_cycles() / 5;
+    return n < 2 ? 2 : n;
+}
+
+static void run_cycles(unsigned nthreads, uint64_t seed, kv_sync_mode mode, uint64_t cycles)
+{
+    uint64_t t0 = tu_now_ns();
     g_mode = mode;
     crash_ctx *c = calloc(1, sizeof *c);
     assert_non_null(c);
     c->nthreads = nthreads;
     c->seed = seed;
-    if (tu_mkdtemp(c->root, "crash") != 0)
+    if (tu_mkdtemp_fast(c->root, "crash") != 0)
         fail_msg("mkdtemp");
     tu_join(c->dir, c->root, "db");
     keymap_init();
-    uint64_t cycles = tu_env_u64("KYRO_CRASH_CYCLES", tu_small() ? 10 : 30);
     tu_rng r = tu_rng_seed(seed);
     static const char *const mode_name[] = {"KV_SYNC_FULL", "KV_SYNC_NORMAL", "KV_SYNC_OFF"};
     print_message("[ crash    ] %s, seed %llu, %u thread(s), %llu cycles, dir %s\n",
@@ -615,19 +681,57 @@ static void run_cycles(unsigned nthreads, uint64_t seed, kv_sync_mode mode)
             if (stat(c->dir, &sb) != 0)
                 continue; /* not even created */
         }
-        for (unsigned t = 0; t < nthreads; t++)
+        int maint = 0;
+        for (unsigned t = 0; t < nthreads; t++) {
             c->total_acks += acks[t];
+            op_t op;
+            for (uint64_t i = 0; i <= acks[t]; i++) {
+                gen_op(cseed, t, i, cycle, &op);
+                int write = op.kind == OP_PUT || op.kind == OP_DEL || op.kind == OP_BATCH;
+                if (i == acks[t]) /* the one in flight when the kill came */
+                    maint |= ready && (op.kind == OP_SNAPSHOT || op.kind == OP_COMPACT ||
+                                       op.kind == OP_REBUILD);
+                else if (write)
+                    c->acked_writes++;
+                else
+                    c->acked_maint++;
+            }
+        }
+        c->maint_inflight += maint;
+        int tmp, nwal;
+        look_at_dir(c->dir, &tmp, &nwal);
+        c->kills_tmp += tmp;
+        c->kills_multiwal += nwal > 1;
         verify(c, cycle, cseed, acks, !ready);
         /* Recovery is repeatable: a second open finds the same state. */
         uint64_t none[MAX_THREADS] = {0};
         verify(c, cycle, 0, none, 1);
     }
-    print_message("[ crash    ] %llu acknowledged operations, in-flight operation found applied "
-                  "%llu times, %llu kills before the database was open, %llu unsynced "
-                  "operations lost\n",
-                  (unsigned long long)c->total_acks, (unsigned long long)c->inflight_applied,
+    uint64_t ns = tu_now_ns() - t0;
+    print_message("[ crash    ] %s: %llu cycles in %.1f s; %llu acknowledged writes (puts, deletes, "
+                  "batches) and %llu maintenance calls; in-flight operation found applied "
+                  "%llu times; %llu kills before the database was open, %llu with a "
+                  "snapshot/compact/rebuild call in flight, %llu leaving a half-written "
+                  "snapshot or manifest, %llu with 2+ WAL files; %llu unsynced operations lost\n",
+                  mode_name[mode], (unsigned long long)cycles, (double)ns / 1e9,
+                  (unsigned long long)c->acked_writes, (unsigned long long)c->acked_maint,
+                  (unsigned long long)c->inflight_applied,
                   (unsigned long long)c->cycles_killed_early,
-                  (unsigned long long)c->lost_unsynced);
+                  (unsigned long long)c->maint_inflight, (unsigned long long)c->kills_tmp,
+                  (unsigned long long)c->kills_multiwal, (unsigned long long)c->lost_unsynced);
+    print_message("[ crash    ] verified after every kill: %llu key states against the "
+                  "acknowledged writes (2 opens per cycle), %llu values by their checksums\n",
+                  (unsigned long long)c->keys_checked, (unsigned long long)c->values_checked);
+    g_total.tests++;
+    g_total.cycles += cycles;
+    g_total.acked_writes += c->acked_writes;
+    g_total.acked_maint += c->acked_maint;
+    g_total.keys_checked += c->keys_checked;
+    g_total.values_checked += c->values_checked;
+    g_total.kills_tmp += c->kills_tmp;
+    g_total.kills_multiwal += c->kills_multiwal;
+    g_total.maint_inflight += c->maint_inflight;
+    g_total.ns += ns;
     if (c->total_acks == 0)
         fail_msg("no operation was acknowledged in %llu cycles: the test tested nothing",
                  (unsigned long long)cycles);
@@ -638,13 +742,14 @@ static void run_cycles(unsigned nthreads, uint64_t seed, kv_sync_mode mode)
 static void test_crash_full_single_thread(void **state)
 {
     (void)state;
-    run_cycles(1, tu_env_u64("KYRO_TEST_SEED", 0x5EED0001), KV_SYNC_FULL);
+    run_cycles(1, tu_env_u64("KYRO_TEST_SEED", 0x5EED0001), KV_SYNC_FULL, side_cycles());
 }
 
 static void test_crash_full_threads(void **state)
 {
     (void)state;
-    run_cycles(MAX_THREADS, tu_env_u64("KYRO_TEST_SEED", 0x5EED0001) + 1, KV_SYNC_FULL);
+    run_cycles(MAX_THREADS, tu_env_u64("KYRO_TEST_SEED", 0x5EED0001) + 1, KV_SYNC_FULL,
+               main_cycles());
 }
 
 /* KV_SYNC_NORMAL: a write handed to the OS survives a process crash, so the
@@ -652,14 +757,15 @@ static void test_crash_full_threads(void **state)
 static void test_crash_normal_threads(void **state)
 {
     (void)state;
-    run_cycles(MAX_THREADS, tu_env_u64("KYRO_TEST_SEED", 0x5EED0001) + 2, KV_SYNC_NORMAL);
+    run_cycles(MAX_THREADS, tu_env_u64("KYRO_TEST_SEED", 0x5EED0001) + 2, KV_SYNC_NORMAL,
+               side_cycles());
 }
 
 /* KV_SYNC_OFF: only writes before an acknowledged kv_sync are promised. */
 static void test_crash_off_single_thread(void **state)
 {
     (void)state;
-    run_cycles(1, tu_env_u64("KYRO_TEST_SEED", 0x5EED0001) + 3, KV_SYNC_OFF);
+    run_cycles(1, tu_env_u64("KYRO_TEST_SEED", 0x5EED0001) + 3, KV_SYNC_OFF, side_cycles());
 }
 
 int main(void)
@@ -671,5 +777,16 @@ int main(void)
         cmocka_unit_test(test_crash_normal_threads),
         cmocka_unit_test(test_crash_off_single_thread),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    print_message("[ crash    ] total: %llu tests, %llu SIGKILL cycles in %.1f s, %llu acknowledged "
+                  "writes and %llu maintenance calls verified, %llu key states and %llu values "
+                  "checked; %llu kills with maintenance in flight, %llu mid-snapshot/manifest "
+                  "(*.tmp left), %llu with 2+ WAL files\n",
+                  (unsigned long long)g_total.tests, (unsigned long long)g_total.cycles,
+                  (double)g_total.ns / 1e9, (unsigned long long)g_total.acked_writes,
+                  (unsigned long long)g_total.acked_maint, (unsigned long long)g_total.keys_checked,
+                  (unsigned long long)g_total.values_checked,
+                  (unsigned long long)g_total.maint_inflight, (unsigned long long)g_total.kills_tmp,
+                  (unsigned long long)g_total.kills_multiwal);
+    return failed;
 }

@@ -5,7 +5,8 @@
  * Everything here is static inline and uses only the public header, libc and
  * POSIX, so each test program stays one self-contained process.
  *
- *   - temporary directories: tu_mkdtemp() (mkdtemp under /tmp) and
+ *   - temporary directories: tu_mkdtemp() (mkdtemp under /tmp),
+ *     tu_mkdtemp_fast() (under $KYRO_TEST_DIR, else /dev/shm, else /tmp) and
  *     tu_rmrf() (recursive removal that never follows symlinks);
  *   - a seeded splitmix64 generator (tu_rng) and the splitmix finaliser
  *     tu_mix64() used as a cheap 64-bit hash;
@@ -93,6 +94,25 @@ static inline void tu_sleep_us(uint64_t us)
 static inline int tu_mkdtemp(char *buf, const char *tag)
 {
     snprintf(buf, TU_PATH, "/tmp/kyro-%s-XXXXXX", tag);
+    return mkdtemp(buf) ? 0 : -1;
+}
+
+/*
+ * Like tu_mkdtemp, but under $KYRO_TEST_DIR if set, else /dev/shm when it
+ * is a writable directory (tmpfs: fsync costs nothing, so tests that fsync
+ * on every write run many more cycles), else /tmp. For tests that kill
+ * processes, not the machine: a tmpfs keeps everything a process crash
+ * keeps.
+ */
+static inline int tu_mkdtemp_fast(char *buf, const char *tag)
+{
+    const char *base = getenv("KYRO_TEST_DIR");
+    struct stat st;
+    if (!base || !*base)
+        base = stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) && access("/dev/shm", W_OK) == 0
+                   ? "/dev/shm"
+                   : "/tmp";
+    snprintf(buf, TU_PATH, "%s/kyro-%s-XXXXXX", base, tag);
     return mkdtemp(buf) ? 0 : -1;
 }
 

@@ -3,6 +3,7 @@
  *
  *   main.c   arguments, the command table, the interactive shell, exit codes
  *   dump.c   the dump/load text format (described at the top of dump.c)
+ *   check.c  `check`: every file of the directory verified on its own
  *
  * Exit codes (also in `kyro --help`):
  *   0  success
@@ -40,5 +41,13 @@ int dump_write(kv_db *db, FILE *out, const char *out_name, uint64_t *count);
  * text). Pairs are committed in batches; *count gets the number of pairs.
  * Returns an exit code (0 on success). */
 int dump_load(kv_db *db, FILE *in, const char *in_name, uint64_t *count);
+
+/* `kyro DIR check` (check.c): verify every file of the database in dir and
+ * report each damaged one; then, if they all pass, walk the contents through
+ * db (or a read-only open of dir when db is NULL). Changes no file. Returns
+ * an exit code: 0 nothing damaged (warnings such as a torn log tail
+ * allowed), 7 a file is damaged, 12 an unknown format version, 1 no
+ * database. */
+int check_dir(const char *dir, kv_db *db);
 
 #endif /* KYRO_CLI_H */
