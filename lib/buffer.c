@@ -35,6 +35,7 @@
 #include <time.h>
 
 #include "kyro.h"
+#include "os.h"
 
 #define BUF_MAX_HEIGHT 16                   /* branching 4: ample for 2^32 keys */
 #define BUF_CHUNK_MIN ((size_t)4 << 10)     /* first arena chunk */
@@ -139,13 +140,6 @@ void buf_set_fault_hook(buf_fault_fn fn, void *ctx)
     fault_ctx = ctx;
 }
 
-static void *xmalloc(size_t n)
-{
-    if (fault_fn && fault_fn(fault_ctx, n))
-        return NULL;
-    return malloc(n);
-}
-
 static void *xcalloc(size_t n, size_t size)
 {
     if (fault_fn && fault_fn(fault_ctx, n * size))
@@ -177,9 +171,18 @@ static inline uint64_t buf_hash(uint64_t seed, uint64_t key)
 
 /* ---- Arenas (writer only) ------------------------------------------ */
 
+/* Chunks and tables come from os_big_alloc: a folded buffer's memory goes
+ * back to the system when the buffer is freed. */
+static void *big_alloc(size_t bytes)
+{
+    if (fault_fn && fault_fn(fault_ctx, bytes))
+        return NULL;
+    return os_big_alloc(bytes);
+}
+
 static buf_chunk *chunk_new(buf *b, buf_arena *a, size_t size)
 {
-    buf_chunk *c = xmalloc(sizeof *c + size);
+    buf_chunk *c = big_alloc(sizeof *c + size);
     if (!c)
         return NULL;
     c->size = size;
@@ -223,7 +226,7 @@ static void arena_free(buf_arena *a)
     buf_chunk *c = a->chunks;
     while (c) {
         buf_chunk *next = c->next;
-        free(c);
+        os_big_free(c, sizeof *c + c->size);
         c = next;
     }
 }
@@ -237,9 +240,10 @@ static size_t table_bytes(size_t slots)
 
 static buf_table *table_new(buf *b, size_t slots)
 {
-    /* calloc: an all-zero lock-free atomic pointer is NULL on every target
-     * we build for. */
-    buf_table *t = xcalloc(1, table_bytes(slots));
+    /* Zeroed (calloc, or fresh pages): an all-zero lock-free atomic
+     * pointer is NULL on every target we build for. */
+    size_t bytes = table_bytes(slots);
+    buf_table *t = bytes < OS_BIG_ALLOC ? xcalloc(1, bytes) : big_alloc(bytes);
     if (!t)
         return NULL;
     t->mask = slots - 1;
@@ -462,7 +466,7 @@ void buf_free(buf *b)
     buf_table *t = atomic_load_explicit(&b->table, memory_order_relaxed);
     while (t) {
         buf_table *older = t->older;
-        free(t);
+        os_big_free(t, table_bytes(t->mask + 1));
         t = older;
     }
     arena_free(&b->meta);

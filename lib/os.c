@@ -223,6 +223,24 @@ void os_munmap(const void *addr, size_t len)
         munmap((void *)addr, len);
 }
 
+void *os_big_alloc(size_t bytes)
+{
+    if (bytes < OS_BIG_ALLOC)
+        return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void os_big_free(void *p, size_t bytes)
+{
+    if (!p)
+        return;
+    if (bytes < OS_BIG_ALLOC)
+        free(p);
+    else
+        munmap(p, bytes);
+}
+
 static int lock_fd(int fd, int how)
 {
     int rc = fault(OS_LOCK, NULL, fd, 0);

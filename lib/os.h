@@ -41,6 +41,16 @@ int os_ftruncate(int fd, uint64_t len);
 int os_file_size(int fd, uint64_t *size);
 int os_mmap_read(int fd, size_t len, const void **addr); /* PROT_READ, MAP_SHARED */
 void os_munmap(const void *addr, size_t len);
+
+/* Large heap blocks (the write buffer's chunks and tables, the base run's
+ * arrays) that churn with every fold: from OS_BIG_ALLOC bytes up they come
+ * straight from the kernel (zeroed, page aligned), so freeing one returns
+ * the memory at once instead of leaving it in malloc's free lists; smaller
+ * ones use calloc / aligned_alloc(64). Free with os_big_free and the same
+ * size. NULL on failure. */
+#define OS_BIG_ALLOC ((size_t)64 << 10)
+void *os_big_alloc(size_t bytes);
+void os_big_free(void *p, size_t bytes);
 int os_lock_exclusive(int fd);                        /* non-blocking; -EWOULDBLOCK if held */
 int os_lock_shared(int fd);                           /* non-blocking; -EWOULDBLOCK if held */
 int os_read_file(const char *path, void **buf, size_t *len); /* whole file, malloc'd */

@@ -29,6 +29,14 @@ run_seg *run_seg_new_heap(void *heap, uint64_t len)
     return s;
 }
 
+run_seg *run_seg_new_big(void *heap, uint64_t len)
+{
+    run_seg *s = run_seg_new_heap(heap, len);
+    if (s)
+        s->heap_big = heap != NULL;
+    return s;
+}
+
 run_seg *run_seg_new_map(const void *map, uint64_t map_len, const uint8_t *data, uint64_t len)
 {
     run_seg *s = calloc(1, sizeof *s);
@@ -51,7 +59,10 @@ void run_seg_unref(run_seg *s)
 {
     if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
         return;
-    free(s->heap);
+    if (s->heap_big)
+        os_big_free(s->heap, (size_t)s->len);
+    else
+        free(s->heap);
     os_munmap(s->map, (size_t)s->map_len);
     free(s);
 }
@@ -68,8 +79,8 @@ void run_unref(run *r)
     for (uint32_t i = 0; i < r->nsegs; i++)
         run_seg_unref(r->segs[i]);
     free(r->segs);
-    free(r->heap_keys);
-    free(r->heap_vrefs);
+    os_big_free(r->heap_keys, r->heap_keys_bytes);
+    os_big_free(r->heap_vrefs, r->heap_vrefs_bytes);
     rmi_free(r->index);
     run_seg_unref(r->file);
     free(r);
@@ -132,8 +143,11 @@ uint64_t run_lower_bound(const run *r, uint64_t key)
 static int run_alloc_arrays(run *r, uint64_t n)
 {
     size_t kbytes = (size_t)((n ? n : 1) * sizeof(uint64_t) + 63) & ~(size_t)63;
-    r->heap_keys = aligned_alloc(64, kbytes);
-    r->heap_vrefs = malloc((size_t)(n ? n : 1) * sizeof(run_vref));
+    size_t vbytes = (size_t)(n ? n : 1) * sizeof(run_vref);
+    r->heap_keys = os_big_alloc(kbytes);
+    r->heap_keys_bytes = kbytes;
+    r->heap_vrefs = os_big_alloc(vbytes);
+    r->heap_vrefs_bytes = vbytes;
     if (!r->heap_keys || !r->heap_vrefs)
         return KV_ENOMEM;
     r->keys = r->heap_keys;
@@ -250,11 +264,11 @@ int run_merge(const run *base, const buf *frozen, uint64_t max_seq, run **out)
     }
     if (run_alloc_arrays(r, n) != KV_OK)
         goto fail;
-    if (nbytes && !(seg_bytes = malloc((size_t)nbytes)))
+    if (nbytes && !(seg_bytes = os_big_alloc((size_t)nbytes)))
         goto fail;
-    r->segs[kept] = run_seg_new_heap(seg_bytes, nbytes);
+    r->segs[kept] = run_seg_new_big(seg_bytes, nbytes);
     if (!r->segs[kept]) {
-        free(seg_bytes);
+        os_big_free(seg_bytes, (size_t)nbytes);
         goto fail;
     }
     for (uint32_t s = 0; s < base->nsegs; s++) {
@@ -285,11 +299,11 @@ int run_compact(const run *base, run **out)
         return KV_ENOMEM;
     if (run_alloc_arrays(r, base->n) != KV_OK)
         goto fail;
-    if (base->value_bytes && !(bytes = malloc((size_t)base->value_bytes)))
+    if (base->value_bytes && !(bytes = os_big_alloc((size_t)base->value_bytes)))
         goto fail;
-    r->segs[0] = run_seg_new_heap(bytes, base->value_bytes);
+    r->segs[0] = run_seg_new_big(bytes, base->value_bytes);
     if (!r->segs[0]) {
-        free(bytes);
+        os_big_free(bytes, (size_t)base->value_bytes);
         goto fail;
     }
     r->nsegs = 1;

@@ -29,6 +29,7 @@ typedef struct run_seg {
     const uint8_t *data;
     uint64_t len;
     void *heap;              /* freed with the segment, or NULL */
+    int heap_big;            /* heap came from os_big_alloc(len), not malloc */
     const void *map;         /* munmapped with the segment, or NULL */
     uint64_t map_len;
 } run_seg;
@@ -42,12 +43,14 @@ typedef struct run {
     uint32_t nsegs;
     run_seg **segs;
     void *heap_keys, *heap_vrefs; /* freed with the run, or NULL */
+    size_t heap_keys_bytes, heap_vrefs_bytes; /* os_big_alloc sizes; 0: malloc'd */
     run_seg *file;           /* the snapshot mapping keys/vrefs point into, or NULL */
     uint64_t value_bytes;    /* sum of live value lengths */
 } run;
 
 int run_new_empty(run **out);
-run_seg *run_seg_new_heap(void *heap, uint64_t len);
+run_seg *run_seg_new_heap(void *heap, uint64_t len);     /* heap from malloc */
+run_seg *run_seg_new_big(void *heap, uint64_t len);      /* heap from os_big_alloc(len) */
 run_seg *run_seg_new_map(const void *map, uint64_t map_len, const uint8_t *data, uint64_t len);
 void run_seg_ref(run_seg *s);
 void run_seg_unref(run_seg *s);
