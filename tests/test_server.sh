@@ -6,8 +6,11 @@
 # Starts the server on free loopback ports with temporary data directories
 # and drives every endpoint with curl and small python3 (stdlib) socket
 # clients: good and bad requests, a slow client, 1,000 concurrent
-# connections, auth on and off, rate limiting, restarts that must keep the
-# data, clean shutdown on SIGTERM and SIGINT. Needs bash, curl and python3.
+# connections, auth on and off, rate limiting (with the admin bucket),
+# KYRODB_LOG and KYRODB_WARM_ON_START, the tuning flags, restarts that must
+# keep the data, clean shutdown on SIGTERM and SIGINT, the defaults
+# (127.0.0.1:3030, ./data) and the exact command line `make run` uses.
+# Needs bash, curl and python3.
 # Prints one line per check and "N passed, N failed" at the end; exits 1 if
 # anything failed, 2 on a usage error.
 set -euo pipefail
@@ -518,6 +521,41 @@ data = s.recv(4096)
 took = time.time() - t0
 assert data == b"" and 1.0 < took < 8, (data[:60], took)
 EOF
+check "one keep-alive connection: a slow request outlives --timeout-secs while bytes arrive; big bodies both ways" "$PY" - "$PORT" "$TMP/blob" <<'EOF'
+import socket, sys, time
+blob = open(sys.argv[2], "rb").read()
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+buf = b""
+def answer():
+    global buf
+    while b"\r\n\r\n" not in buf:
+        c = s.recv(65536); assert c, "closed"; buf += c
+    head, _, buf = buf.partition(b"\r\n\r\n")
+    n = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+    n = n[0] if n else 0
+    while len(buf) < n:
+        c = s.recv(65536); assert c, "closed"; buf += c
+    body, buf = buf[:n], buf[n:]
+    return head.split(b" ")[1], body
+s.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+assert answer()[0] == b"200"
+# 3.5 s of one byte every 0.25 s: longer than the 2 s timeout, never idle for it
+req = b"GET /v1/get_fast/3 HTTP/1.1\r\nHost: t\r\n\r\n"
+t0 = time.time()
+for i in range(14):
+    s.sendall(req[i:i + 1]); time.sleep(0.25)
+s.sendall(req[14:])
+code, body = answer()
+assert code == b"200" and body == blob, (code, len(body), time.time() - t0)
+for k in range(3):  # 200 KB up, 200 KB down, on the same connection
+    s.sendall(b"POST /v1/put_fast/%d HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % (60 + k, len(blob)))
+    for i in range(0, len(blob), 7000):
+        s.sendall(blob[i:i + 7000])
+    assert answer()[0] == b"204"
+    s.sendall(b"GET /v1/get_fast/%d HTTP/1.1\r\nHost: t\r\n\r\n" % (60 + k))
+    code, body = answer()
+    assert code == b"200" and body == blob, (k, code, len(body))
+EOF
 # (timeout: a server that wrongly starts is stopped and counts as a failure)
 set +e
 timeout 10 "$SERVER" serve 127.0.0.1 "$PORT" --data "$TMP/other" 2>/dev/null
@@ -615,23 +653,83 @@ req GET /v1/get_fast/105
 stop_server TERM
 check "RUST_LOG-style 'warn,kyrodb=debug' selects debug" grep -q "GET /v1/get_fast/105 200" "$LOG"
 
-section "default bind address"
-if "$PY" -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",3030)); s.close()' 2>/dev/null; then
-    "$SERVER" serve --data "$DATA" 2>>"$LOG" &
-    SPID=$!
-    up=0
+section "tuning flags: --rmi-rebuild-appends, --auto-snapshot-secs, --wal-max-bytes"
+metric() { # NAME -> the value of an unlabelled series on /metrics
+    curl -s "$BASE/metrics" | awk -v n="$1" '$1 == n { print $2 }'
+}
+wait_metric() { # NAME MIN: poll up to 5 s until NAME >= MIN; prints the last value
+    local v=""
+    for _ in $(seq 1 50); do
+        v=$(metric "$1")
+        if [ -n "$v" ] && awk -v v="$v" -v m="$2" 'BEGIN { exit !(v >= m) }'; then break; fi
+        sleep 0.1
+    done
+    echo "${v:-none}"
+}
+# (the library's own threshold is tens of thousands of writes, so 30 fold
+# only when the flag reaches it)
+start_server "$TMP/tune1" --sync normal --rmi-rebuild-appends 20
+for k in $(seq 1 30); do curl -s -o /dev/null -X POST --data-binary "t$k" "$BASE/v1/put_fast/$k"; done
+v=$(wait_metric kyrodb_rmi_rebuilds_total 1)
+check "--rmi-rebuild-appends 20: 30 writes fold into the index without being asked (rebuilds $v)" \
+    test "$v" != none -a "$v" -ge 1
+expect "and no snapshot was taken on the way" 0 "$(metric kyrodb_snapshots_total)"
+stop_server TERM
+start_server "$TMP/tune1" --sync normal --auto-snapshot-secs 1
+curl -s -o /dev/null -X POST --data-binary "t31" "$BASE/v1/put_fast/31"
+v=$(wait_metric kyrodb_snapshots_total 1)
+check "--auto-snapshot-secs 1: a snapshot within seconds (snapshots $v)" test "$v" != none -a "$v" -ge 1
+stop_server TERM
+start_server "$TMP/tune2" --sync normal --wal-max-bytes 4K
+before=$(metric kyrodb_snapshots_total)
+head -c 300 /dev/zero | tr '\0' w >"$TMP/300"
+for k in $(seq 1 40); do curl -s -o /dev/null -X POST --data-binary @"$TMP/300" "$BASE/v1/put_fast/$k"; done
+v=$(wait_metric kyrodb_snapshots_total 1)
+check "--wal-max-bytes 4K: 12 KB of writes trigger a snapshot (snapshots $before -> $v)" \
+    test "$v" != none -a "$v" -ge 1
+stop_server TERM
+start_server "$TMP/tune2"
+req GET /v1/get_fast/40
+expect "data written across automatic snapshots survives a restart" "$(cat "$TMP/300")" "$(body)"
+stop_server TERM
+
+section "defaults: 127.0.0.1:3030 and ./data; make run's command line"
+# Run from an empty directory so that the default ./data is ours to check.
+SERVER_ABS=$(cd "$(dirname "$SERVER")" && pwd)/$(basename "$SERVER")
+mkdir -p "$TMP/cwd"
+wait_3030() { # -> 0 when /health answers on 127.0.0.1:3030
     for _ in $(seq 1 100); do
-        if curl -sf -o /dev/null http://127.0.0.1:3030/health; then up=1; break; fi
+        if curl -sf -o /dev/null http://127.0.0.1:3030/health; then return 0; fi
+        kill -0 "$SPID" 2>/dev/null || return 1
         sleep 0.05
     done
+    return 1
+}
+if "$PY" -c 'import socket,sys; s=socket.socket(); s.bind(("127.0.0.1",3030)); s.close()' 2>/dev/null; then
+    (cd "$TMP/cwd" && exec "$SERVER_ABS" serve 2>>"$LOG") &
+    SPID=$!
+    up=0; wait_3030 && up=1
     expect "'serve' with no address listens on 127.0.0.1:3030" 1 "$up"
     if [ -r /proc/net/tcp ]; then
         # 0100007F:0BD6 is 127.0.0.1:3030, state 0A is LISTEN; 00000000:0BD6 would be 0.0.0.0.
         check "and only on loopback" bash -c "grep -q ' 0100007F:0BD6 .* 0A ' /proc/net/tcp && ! grep -q ' 00000000:0BD6 .* 0A ' /proc/net/tcp"
     fi
+    curl -s -o /dev/null -X POST --data-binary 'in ./data' http://127.0.0.1:3030/v1/put_fast/77
     stop_server TERM
+    check "without --data the database is ./data" test -f "$TMP/cwd/data/MANIFEST"
+    # Exactly what `make run` executes, stopped as Ctrl-C stops it.
+    : >"$LOG"
+    (cd "$TMP/cwd" && exec "$SERVER_ABS" serve 127.0.0.1 3030 --data ./data 2>>"$LOG") &
+    SPID=$!
+    up=0; wait_3030 && up=1
+    expect "make run's 'serve 127.0.0.1 3030 --data ./data' starts" 1 "$up"
+    CODE=$(curl -s -o "$TMP/body" -w '%{http_code}' http://127.0.0.1:3030/v1/get_fast/77)
+    expect "and serves what was written to ./data" "200 in ./data" "$CODE $(body)"
+    stop_server INT
+    expect "Ctrl-C (SIGINT) stops it with status 0" 0 "$STOP_RC"
+    check "after closing the database" grep -q "database closed" "$LOG"
 else
-    echo "skip - port 3030 is busy; default address not checked"
+    echo "skip - port 3030 is busy; the defaults and make run's command line not checked"
 fi
 
 echo

