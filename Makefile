@@ -73,6 +73,8 @@ SERVER_SRCS := $(wildcard examples/server/*.c)
 SERVER_OBJS := $(patsubst %.c,$(BUILD)/obj/%.o,$(SERVER_SRCS))
 SERVER_BIN := $(if $(SERVER_SRCS),$(BUILD)/kyrodb-server)
 LIBEVENT_CFLAGS := $(shell $(PKG_CONFIG) --cflags libevent 2>/dev/null)
+# The commit /build_info reports; "unknown" outside a git checkout.
+GIT_COMMIT := $(or $(shell git rev-parse --short=12 HEAD 2>/dev/null),unknown)
 LIBEVENT_LIBS := $(or $(shell $(PKG_CONFIG) --libs libevent 2>/dev/null),-levent)
 
 CLI_SRCS := $(wildcard examples/cli/*.c)
@@ -152,7 +154,8 @@ $(BUILD)/examples/%: examples/%.c $(STATIC_LIB)
 
 $(BUILD)/obj/examples/server/%.o: examples/server/%.c
 	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -Iexamples/server $(LIBEVENT_CFLAGS) $(DEPFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) -Iexamples/server $(LIBEVENT_CFLAGS) \
+		$(if $(filter main,$*),-DKYRODB_GIT_COMMIT='"$(GIT_COMMIT)"') $(DEPFLAGS) -c $< -o $@
 
 $(BUILD)/kyrodb-server: $(SERVER_OBJS) $(STATIC_LIB)
 	$(CC) $(ALL_LDFLAGS) $(SERVER_OBJS) $(STATIC_LIB) $(LIBEVENT_LIBS) $(LIB_LIBS) -o $@
