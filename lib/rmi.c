@@ -5,13 +5,22 @@
  * Evaluation is integer work around one double multiply (no add follows it,
  * so a fused multiply-add cannot make training and lookup disagree):
  *   line(s, o, x) = min(floor(s * x), 2^61) + o          s >= 0, |o| <= 2^61
- *   root(k) = clamp(line(rs, ro, T(sat(k - kmin))), 0, L - 1)
+ *   root(k), kinds 0 and 1 = clamp(line(rs, ro, T(sat(k - kmin))), 0, L - 1)
  *             T(d) = d >> 1 (kind 0, linear) or flog(d) (kind 1, log), both
  *             monotone and below 2^63
+ *   root(k), kind 2 (table) = the last leaf j with kbase_j <= k (0 if none),
+ *             searched among the leaves listed under bucket
+ *             min(U(sat(k - kmin)) >> shift, 2^tbits - 1), U = identity or
+ *             flog; the leaves are equal-count, so clusters and tails that
+ *             no single curve spreads still get ~n/L keys per leaf
  *   pred(k) = a_j + clamp(line(s_j, o_j, sat(k - kbase_j)), 0, m_j - 1)
- * Training tries linear and log roots (least squares, min/max and trimmed
- * quantile lines) on a sample and keeps the one with the best estimated
- * probe cost; leaves are least-squares lines with exact errors. O(n).
+ * Training: fitted roots (least squares, min/max and trimmed quantile lines
+ * of T) are ranked by a cheap guess on a sample; the best few, and the two
+ * table roots, are then judged by fitting the leaves that about a thousand
+ * evenly spread keys fall in and pricing each key's exact window (plus,
+ * for a table, its search). Leaves are least-squares lines with exact
+ * errors. L is about n / 168: the most leaves that keep the model within
+ * 2 % of the key array. Everything is O(n); the keys are read about twice.
  *
  * Invariants: root is monotone, so leaf j holds the contiguous positions
  * [a_j, a_{j+1}) of the keys routed to it (a_0 = 0, a_L = n, non-decreasing)
@@ -19,23 +28,30 @@
  * monotone and err_lo/err_hi are exact over the leaf's keys, so that lower
  * bound is in [max(a_j, p - err_lo), min(a_{j+1}, p + err_hi + 1)]; the probe
  * searches that window minus its last position (its own "not found" answer).
- * An empty leaf's window is the single answer a_j; an error of 0xffffffff
- * means the whole leaf. A model read from bytes may be wrong: every answer
- * is verified, and a miss widens by exponential search (a "fallback").
+ * An empty leaf's window is the single answer a_j; an error too large for
+ * the in-memory leaf (12 bits) means the whole leaf. A model read from bytes
+ * may be wrong: every answer is verified, and a miss widens by exponential
+ * search (a "fallback", which never happens on the keys a model was built on).
+ *
+ * In memory a leaf is 24 bytes (kbase, a_j and both errors packed in one
+ * word, float slope, int32 offset); a serialised leaf that does not fit that
+ * exactly is loaded with the whole leaf as its window, which stays correct.
  *
  * Serialised layout (little-endian, fixed widths, 48 + 40 * L bytes):
  *   off  size  field
  *     0     4  magic 0x31494d52 ("RMI1")
  *     4     4  format version, 1
- *     8     8  n, the number of keys
+ *     8     8  n, the number of keys (< 2^40)
  *    16     4  L, the number of leaves, >= 1
- *    20     4  root kind: 0 linear, 1 log
+ *    20     4  root kind: 0 linear, 1 log, 2 table
  *    24     8  root kmin, u64
- *    32     8  root slope, IEEE-754 binary64, finite, >= 0
- *    40     8  root offset, i64, |offset| <= 2^61
+ *    32     8  root slope, IEEE-754 binary64, finite, >= 0 (0 for a table)
+ *    40     8  root offset, i64, |offset| <= 2^61; for a table instead
+ *              shift | tbits << 8 | U-is-flog << 16, shift <= 63,
+ *              2^tbits <= L (the bucket table is rebuilt from the leaves)
  *    48  40*L  leaves, each: kbase u64, slope f64 (finite, >= 0), offset i64
  *              (|offset| <= 2^61), start a_j u64 (a_0 = 0, non-decreasing,
- *              <= n), err_lo u32, err_hi u32
+ *              <= n), err_lo u32, err_hi u32 (0xffffffff: whole leaf)
  */
 #include "rmi.h"
 
@@ -51,28 +67,60 @@
 #define RMI_HEADER 48u
 #define RMI_LEAF_BYTES 40u
 #define RMI_VMAX ((int64_t)1 << 61)
-#define RMI_ERR_UNBOUNDED UINT32_MAX
-#define RMI_KEYS_PER_LEAF 64u
+#define RMI_ERR_UNBOUNDED UINT32_MAX /* in the serialised form */
+#define RMI_KEYS_PER_LEAF 168u
 #define RMI_SAMPLE 65536u /* keys looked at per root candidate */
+#define RMI_SHORT 3        /* fitted roots given trial fits */
 
-enum { RMI_LINEAR = 0, RMI_LOG = 1 };
+enum { RMI_LINEAR = 0, RMI_LOG = 1, RMI_TABLE = 2 };
+
+/* 24 bytes, so that the model stays near 1-2 % of the key array: a float
+ * slope loses nothing that matters over a leaf's few hundred positions,
+ * and errors beyond RMI_ELIM_MAX are rare enough to mean "whole leaf". */
+#define RMI_START_BITS 40
+#define RMI_START_MASK (((uint64_t)1 << RMI_START_BITS) - 1)
+#define RMI_EBITS 12
+#define RMI_EMASK ((1u << RMI_EBITS) - 1)  /* stored error meaning "unbounded" */
+#define RMI_OFF_MAX ((int32_t)1 << 30)
 
 typedef struct {
     uint64_t kbase;   /* first key of the leaf; keys below it evaluate as kbase */
-    double slope;     /* >= 0, finite */
-    int64_t off;      /* |off| <= 2^61 */
-    uint64_t start;   /* a_j */
-    uint32_t err_lo;  /* max(pred - i) over the leaf's keys, or unbounded */
-    uint32_t err_hi;  /* max(i - pred) over the leaf's keys, or unbounded */
+    uint64_t pos;     /* a_j (40 bits) | err_lo << 40 | err_hi << 52 */
+    float slope;      /* >= 0, finite */
+    int32_t off;      /* |off| <= 2^30 */
 } rmi_leaf;
+
+static inline size_t rmi_start(const rmi_leaf *lf)
+{
+    return (size_t)(lf->pos & RMI_START_MASK);
+}
+
+static inline uint32_t rmi_elo(const rmi_leaf *lf)
+{
+    return (uint32_t)(lf->pos >> RMI_START_BITS) & RMI_EMASK;
+}
+
+static inline uint32_t rmi_ehi(const rmi_leaf *lf)
+{
+    return (uint32_t)(lf->pos >> (RMI_START_BITS + RMI_EBITS)) & RMI_EMASK;
+}
+
+static inline void rmi_set_pos(rmi_leaf *lf, uint64_t start, uint32_t elo, uint32_t ehi)
+{
+    lf->pos = start | (uint64_t)elo << RMI_START_BITS | (uint64_t)ehi << (RMI_START_BITS + RMI_EBITS);
+}
 
 struct rmi {
     size_t n;
     size_t nleaves;    /* L >= 1 */
-    int kind;          /* RMI_LINEAR or RMI_LOG */
+    int kind;          /* RMI_LINEAR, RMI_LOG or RMI_TABLE */
     uint64_t kmin;
-    double slope;
+    double slope;      /* linear and log roots */
     int64_t off;
+    unsigned tlog;     /* table root: bucket = T(key - kmin) >> shift, T = flog */
+    unsigned shift;    /* if tlog else identity, clamped below 2^tbits */
+    unsigned tbits;
+    uint32_t *table;   /* 2^tbits + 1 entries: first leaf >= 1 in bucket b */
     uint64_t max_err;  /* largest window width */
     probe_fn probe;
     rmi_leaf *leaves;  /* L + 1 entries; leaves[L].start == n is a sentinel */
@@ -104,8 +152,38 @@ static inline double rmi_root_x(int kind, uint64_t kmin, uint64_t key)
     return (double)(int64_t)(kind == RMI_LOG ? rmi_flog(d) : d >> 1);
 }
 
+static inline size_t rmi_bucket(const rmi *m, uint64_t key)
+{
+    uint64_t d = key > m->kmin ? key - m->kmin : 0;
+    uint64_t b = (m->tlog ? rmi_flog(d) : d) >> m->shift;
+    uint64_t top = ((uint64_t)1 << m->tbits) - 1;
+    return (size_t)(b < top ? b : top);
+}
+
+/* Table root: the last leaf j with kbase_j <= key (leaf 0 if none), found
+ * by a branchless search over the leaves whose first key shares key's
+ * bucket. Leaves 1..L-1 are listed in the table, leaf 0 takes what is
+ * below them all. */
+static inline size_t rmi_root_table(const rmi *m, uint64_t key)
+{
+    size_t b = rmi_bucket(m, key);
+    size_t base = m->table[b], len = m->table[b + 1] - base;
+    const rmi_leaf *lf = m->leaves;
+    if (len) {
+        while (len > 1) {
+            size_t half = len / 2;
+            base = lf[base + half - 1].kbase <= key ? base + half : base;
+            len -= half;
+        }
+        base += lf[base].kbase <= key;
+    }
+    return base - 1;
+}
+
 static inline size_t rmi_root(const rmi *m, uint64_t key)
 {
+    if (m->kind == RMI_TABLE)
+        return rmi_root_table(m, key);
     int64_t s = rmi_line(m->slope, m->off, rmi_root_x(m->kind, m->kmin, key));
     if (s < 0)
         return 0;
@@ -118,7 +196,7 @@ static inline size_t rmi_root(const rmi *m, uint64_t key)
 static inline size_t rmi_pred(const rmi_leaf *lf, size_t a, size_t cnt, uint64_t key)
 {
     uint64_t d = key > lf->kbase ? key - lf->kbase : 0;
-    int64_t s = rmi_line(lf->slope, lf->off, (double)d);
+    int64_t s = rmi_line((double)lf->slope, lf->off, (double)d);
     if (s < 0)
         s = 0;
     if ((uint64_t)s >= cnt)
@@ -128,28 +206,28 @@ static inline size_t rmi_pred(const rmi_leaf *lf, size_t a, size_t cnt, uint64_t
 
 static inline size_t rmi_err(uint32_t e)
 {
-    return e == RMI_ERR_UNBOUNDED ? SIZE_MAX : (size_t)e;
+    return e == RMI_EMASK ? SIZE_MAX : (size_t)e;
 }
 
 /* The search window [*lo, *hi) for key; its lower bound is in [*lo, *hi]. */
 static inline void rmi_window(const rmi *m, uint64_t key, size_t *lo, size_t *hi)
 {
     const rmi_leaf *lf = &m->leaves[rmi_root(m, key)];
-    size_t a = lf[0].start, e = lf[1].start;
+    size_t a = rmi_start(lf), e = rmi_start(lf + 1);
     if (a >= e) {
         *lo = *hi = a;
         return;
     }
     size_t p = rmi_pred(lf, a, e - a, key);
-    size_t elo = rmi_err(lf->err_lo), ehi = rmi_err(lf->err_hi);
+    size_t elo = rmi_err(rmi_elo(lf)), ehi = rmi_err(rmi_ehi(lf));
     *lo = p - a > elo ? p - elo : a;
     *hi = e - p - 1 > ehi ? p + ehi + 1 : e;
 }
 
 static size_t rmi_leaf_width(const rmi_leaf *lf)
 {
-    size_t cnt = (size_t)(lf[1].start - lf[0].start);
-    size_t elo = rmi_err(lf->err_lo), ehi = rmi_err(lf->err_hi);
+    size_t cnt = rmi_start(lf + 1) - rmi_start(lf);
+    size_t elo = rmi_err(rmi_elo(lf)), ehi = rmi_err(rmi_ehi(lf));
     if (elo >= cnt || ehi >= cnt || elo + ehi + 1 >= cnt)
         return cnt;
     return elo + ehi + 1;
@@ -227,15 +305,18 @@ static void rmi_fit_root(const uint64_t *keys, size_t n, size_t stride, int fit,
 }
 
 /* A cheap guess at the window a leaf over keys[a..e) will get: how far the
- * keys at its quartiles sit from the line through its first and last key. */
+ * keys at 15 evenly spaced ranks sit from the line through its first and
+ * last key (fewer points miss the steps of lumpy data). */
+#define RMI_GUESS_POINTS 16
 static double rmi_guess_width(const uint64_t *keys, size_t a, size_t e)
 {
     size_t cnt = e - a;
     if (cnt <= 2)
         return (double)cnt;
     double span = (double)(keys[e - 1] - keys[a]), dev = 0;
-    for (size_t q = 1; q <= 3; q++) {
-        size_t r = cnt * q / 4;
+    size_t parts = cnt < RMI_GUESS_POINTS ? cnt : RMI_GUESS_POINTS;
+    for (size_t q = 1; q < parts; q++) {
+        size_t r = cnt * q / parts;
         double x = (double)(keys[a + r] - keys[a]) / span * (double)(cnt - 1);
         double d = fabs(x - (double)r);
         if (d > dev)
@@ -264,14 +345,15 @@ static double rmi_route_cost(const uint64_t *keys, size_t n, size_t stride, cons
     return cost + (double)(n - from) * log2(rmi_guess_width(keys, from, n) / 8 + 1);
 }
 
-/* Least-squares line from key - kbase to position, then its exact errors. */
+/* Least-squares line from key - kbase to position, then its exact errors
+ * (computed with the stored float slope, so they hold at lookup). */
 static void rmi_fit_leaf(const uint64_t *keys, rmi_leaf *lf)
 {
-    size_t a = lf[0].start, cnt = lf[1].start - lf[0].start;
+    size_t a = rmi_start(lf), cnt = rmi_start(lf + 1) - a;
     lf->slope = 0;
     lf->off = 0;
-    lf->err_lo = lf->err_hi = 0;
     lf->kbase = cnt ? keys[a] : 0;
+    rmi_set_pos(lf, a, 0, 0);
     if (cnt == 0)
         return;
     const uint64_t *k = keys + a;
@@ -286,8 +368,10 @@ static void rmi_fit_leaf(const uint64_t *keys, rmi_leaf *lf)
             cov += dx * ((double)i - ibar);
             var += dx * dx;
         }
-        lf->slope = rmi_slope(cov, var);
-        lf->off = rmi_offset(ibar - lf->slope * xbar + 0.5);
+        float f = (float)rmi_slope(cov, var);
+        lf->slope = isfinite(f) ? f : 0;
+        int64_t off = rmi_offset(ibar - (double)lf->slope * xbar + 0.5);
+        lf->off = (int32_t)(off < -RMI_OFF_MAX ? -RMI_OFF_MAX : off > RMI_OFF_MAX ? RMI_OFF_MAX : off);
     }
     size_t elo = 0, ehi = 0;
     for (size_t i = 0; i < cnt; i++) {
@@ -299,24 +383,185 @@ static void rmi_fit_leaf(const uint64_t *keys, rmi_leaf *lf)
             ehi = i - p;
         }
     }
-    lf->err_lo = elo >= RMI_ERR_UNBOUNDED ? RMI_ERR_UNBOUNDED : (uint32_t)elo;
-    lf->err_hi = ehi >= RMI_ERR_UNBOUNDED ? RMI_ERR_UNBOUNDED : (uint32_t)ehi;
+    rmi_set_pos(lf, a, elo >= RMI_EMASK ? RMI_EMASK : (uint32_t)elo,
+                ehi >= RMI_EMASK ? RMI_EMASK : (uint32_t)ehi);
 }
 
 /* Route every key and fit every leaf. */
 static void rmi_train(const uint64_t *keys, size_t n, rmi *m)
 {
     size_t L = m->nleaves, jp = 0;
-    m->leaves[0].start = 0;
+    rmi_set_pos(&m->leaves[0], 0, 0, 0);
     for (size_t i = 0; i < n; i++) {
         size_t j = rmi_root(m, keys[i]);
         while (jp < j)
-            m->leaves[++jp].start = i;
+            rmi_set_pos(&m->leaves[++jp], i, 0, 0);
     }
     while (jp < L)
-        m->leaves[++jp].start = n;
+        rmi_set_pos(&m->leaves[++jp], n, 0, 0);
     for (size_t j = 0; j < L; j++)
         rmi_fit_leaf(keys, &m->leaves[j]);
+}
+
+/* The table over leaves 1..L-1 by the bucket of their first key. A model
+ * read from bytes may have unsorted first keys; taking the running maximum
+ * of their buckets keeps the table non-decreasing and every search inside
+ * [1, L], so lookups stay in bounds (and are verified anyway). */
+static int rmi_make_table(rmi *m)
+{
+    size_t T = (size_t)1 << m->tbits, L = m->nleaves, j = 1, bmax = 0;
+    free(m->table);
+    m->table = malloc((T + 1) * sizeof *m->table);
+    if (!m->table)
+        return KV_ENOMEM;
+    for (size_t b = 0; b <= T; b++) {
+        while (j < L) {
+            size_t bj = rmi_bucket(m, m->leaves[j].kbase);
+            if (bj < bmax)
+                bj = bmax;
+            if (bj >= b)
+                break;
+            bmax = bj;
+            j++;
+        }
+        m->table[b] = (uint32_t)j;
+    }
+    return KV_OK;
+}
+
+/* Equal-count leaves: leaf j starts at floor(j * n / L) (kept without a
+ * product that could overflow). */
+static void rmi_set_equal_starts(rmi *m)
+{
+    size_t L = m->nleaves, q = m->n / L, r = m->n % L, a = 0, acc = 0;
+    for (size_t j = 0; j <= L; j++) {
+        rmi_set_pos(&m->leaves[j], a, 0, 0);
+        a += q;
+        acc += r;
+        if (acc >= L) {
+            acc -= L;
+            a++;
+        }
+    }
+}
+
+/* Table-root geometry for keys[0..n): about L/2 buckets over the span of
+ * U(key - kmin), U = flog if tlog else identity. */
+static void rmi_table_geometry(const uint64_t *keys, size_t n, unsigned tlog, rmi *m)
+{
+    unsigned tbits = 0;
+    while (tbits < 30 && ((size_t)2 << tbits) <= m->nleaves / 2)
+        tbits++;
+    uint64_t span = keys[n - 1] - keys[0];
+    if (tlog)
+        span = rmi_flog(span);
+    unsigned shift = 0;
+    while (shift < 63 && (span >> shift) >> tbits)
+        shift++;
+    m->kind = RMI_TABLE;
+    m->kmin = keys[0];
+    m->slope = 0;
+    m->off = 0;
+    m->tbits = tbits;
+    m->shift = shift;
+    m->tlog = tlog;
+}
+
+/* Probe cost of a window of w positions: about the cache lines a lookup
+ * touches in it, plus a small linear term so that a few huge leaves (which
+ * trimmed roots make of the tails) still count: they are the slow lookups,
+ * and the scalar kernel pays more for width than the SIMD ones. */
+static double rmi_wcost(size_t w)
+{
+    return log2((double)w / 8 + 1) + (double)w / 256;
+}
+
+/* The exact window of a leaf over keys[a..e), by fitting it; a leaf far
+ * larger than the average is not worth fitting: call it all window. */
+static size_t rmi_trial_width(const uint64_t *keys, size_t a, size_t e, size_t big)
+{
+    if (e - a > big)
+        return e - a;
+    rmi_leaf t[2];
+    memset(t, 0, sizeof t);
+    rmi_set_pos(&t[0], a, 0, 0);
+    rmi_set_pos(&t[1], e, 0, 0);
+    rmi_fit_leaf(keys, t);
+    return rmi_leaf_width(t);
+}
+
+/* First index in [lo, hi] whose key routes to leaf >= j (the root is
+ * monotone, so this is where leaf j starts). */
+static size_t rmi_route_from(const uint64_t *keys, size_t lo, size_t hi, const rmi *m, size_t j)
+{
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (rmi_root(m, keys[mid]) >= j)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* Mean probe cost over RMI_TRIALS keys spread evenly by rank, each charged
+ * the exact window of the leaf it routes to: fits the leaves a sample
+ * touches, not all of them, so a shortlist of roots can be compared on
+ * what training would really give. */
+#define RMI_TRIALS 1024u
+static double rmi_trial_cost(const uint64_t *keys, size_t n, const rmi *m)
+{
+    size_t S = n < RMI_TRIALS ? n : RMI_TRIALS, big = 16 * (n / m->nleaves + 1);
+    size_t jprev = SIZE_MAX, a = 0, e = 0;
+    double sum = 0, c = 0;
+    for (size_t s = 0; s < S; s++) {
+        size_t i = s * (n / S) + n / S / 2;
+        size_t j = rmi_root(m, keys[i]);
+        if (j != jprev) {
+            a = rmi_route_from(keys, e > i ? 0 : e, i, m, j);
+            e = rmi_route_from(keys, i + 1, n, m, j + 1);
+            c = rmi_wcost(rmi_trial_width(keys, a, e, big));
+            jprev = j;
+        }
+        sum += c;
+    }
+    return sum / (double)S;
+}
+
+/* Estimated cost of the table root, in the units of rmi_trial_cost: the
+ * exact windows of a sample of its equal-count leaves, plus the table read
+ * and the search among the leaves sharing a bucket. */
+#define RMI_TABLE_COST 0.5 /* the table entry, often a cache miss */
+#define RMI_STEP_COST 0.2  /* one search step, mostly in cache */
+static double rmi_table_cost(const uint64_t *keys, size_t n, rmi *m)
+{
+    size_t L = m->nleaves, S = L < RMI_TRIALS ? L : RMI_TRIALS, big = 16 * (n / L + 1);
+    double cost = 0, steps = 0;
+    rmi_set_equal_starts(m);
+    for (size_t s = 0; s < S; s++) {
+        const rmi_leaf *lf = &m->leaves[s * (L / S) + L / S / 2];
+        cost += rmi_wcost(rmi_trial_width(keys, rmi_start(lf), rmi_start(lf + 1), big));
+    }
+    size_t run = 0, bprev = 0;
+    for (size_t j = 1; j < L; j++) {
+        size_t b = rmi_bucket(m, keys[rmi_start(&m->leaves[j])]);
+        if (run && b != bprev) {
+            steps += (double)run * log2((double)run + 1);
+            run = 0;
+        }
+        bprev = b;
+        run++;
+    }
+    steps += (double)run * log2((double)run + 1);
+    return cost / (double)S + RMI_TABLE_COST + RMI_STEP_COST * steps / (double)L;
+}
+
+static int rmi_train_table(const uint64_t *keys, rmi *m)
+{
+    rmi_set_equal_starts(m);
+    for (size_t j = 0; j < m->nleaves; j++)
+        rmi_fit_leaf(keys, &m->leaves[j]);
+    return rmi_make_table(m);
 }
 
 static size_t rmi_leaves_for(size_t n)
@@ -332,7 +577,10 @@ static size_t rmi_leaves_for(size_t n)
 int rmi_build(const uint64_t *keys, size_t n, rmi **out)
 {
     *out = NULL;
-    rmi *m = calloc(1, sizeof *m);
+    rmi *m = NULL;
+    if ((uint64_t)n > RMI_START_MASK) /* 8 TiB of keys: more than we can index */
+        goto fail;
+    m = calloc(1, sizeof *m);
     if (!m)
         goto fail;
     m->n = n;
@@ -342,13 +590,14 @@ int rmi_build(const uint64_t *keys, size_t n, rmi **out)
         goto fail;
     if (n > 0) {
         m->kmin = keys[0];
-        /* Pick the root whose routing balances the leaves best, judged on
-         * about RMI_SAMPLE keys. */
-        size_t stride = n / RMI_SAMPLE + 1;
-        double best = HUGE_VAL;
-        /* (kind, kmin): linear from the first key; log from the first key
-         * (data starting near its minimum); log from 0 (data whose spread is
+        /* Fitted roots: a cheap guess on about RMI_SAMPLE keys shortlists
+         * RMI_SHORT of them, which are then judged by trial fits. (kind,
+         * kmin): linear from the first key; log from the first key (data
+         * starting near its minimum); log from 0 (data whose spread is
          * relative to its magnitude, e.g. power laws far from 0). */
+        size_t stride = n / RMI_SAMPLE + 1, nshort = 0;
+        rmi shortlist[RMI_SHORT];
+        double guess[RMI_SHORT];
         static const int kinds[] = { RMI_LINEAR, RMI_LOG, RMI_LOG };
         for (int c = 0; c < 3 && m->nleaves > 1; c++) {
             for (int fit = 0; fit < RMI_FITS; fit++) {
@@ -357,13 +606,45 @@ int rmi_build(const uint64_t *keys, size_t n, rmi **out)
                 cand.kmin = c == 2 ? 0 : keys[0];
                 rmi_fit_root(keys, n, stride, fit, &cand);
                 double cost = rmi_route_cost(keys, n, stride, &cand);
-                if (cost < best) {
-                    best = cost;
-                    *m = cand;
+                size_t k = nshort < RMI_SHORT ? nshort++ : RMI_SHORT;
+                while (k > 0 && guess[k - 1] > cost) {
+                    if (k < RMI_SHORT) {
+                        guess[k] = guess[k - 1];
+                        shortlist[k] = shortlist[k - 1];
+                    }
+                    k--;
+                }
+                if (k < RMI_SHORT) {
+                    guess[k] = cost;
+                    shortlist[k] = cand;
                 }
             }
         }
-        rmi_train(keys, n, m);
+        double best = HUGE_VAL;
+        for (size_t k = 0; k < nshort; k++) {
+            double cost = rmi_trial_cost(keys, n, &shortlist[k]);
+            if (cost < best) {
+                best = cost;
+                *m = shortlist[k];
+            }
+        }
+        /* Equal-count leaves need at least a few keys each. Buckets by
+         * the key or by its log (for heavy tails). */
+        for (unsigned tlog = 0; tlog < 2 && m->nleaves > 1 && n >= 4 * m->nleaves; tlog++) {
+            rmi cand = *m;
+            rmi_table_geometry(keys, n, tlog, &cand);
+            double cost = rmi_table_cost(keys, n, &cand);
+            if (cost < best) {
+                best = cost;
+                *m = cand;
+            }
+        }
+        if (m->kind == RMI_TABLE) {
+            if (rmi_train_table(keys, m) != KV_OK)
+                goto fail;
+        } else {
+            rmi_train(keys, n, m);
+        }
     }
     rmi_finish(m);
     *out = m;
@@ -378,6 +659,7 @@ void rmi_free(rmi *m)
     if (!m)
         return;
     free(m->leaves);
+    free(m->table);
     free(m);
 }
 
@@ -422,12 +704,12 @@ static size_t rmi_widen(const uint64_t *keys, size_t n, size_t r, uint64_t key)
     return probe_scalar(keys, lo, hi, key);
 }
 
-size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key, size_t *probed,
-                       int *fallback)
+size_t rmi_lower_bound_with(const rmi *m, const uint64_t *keys, uint64_t key, probe_fn probe,
+                            size_t *probed, int *fallback)
 {
     size_t n = m->n, lo, hi;
     rmi_window(m, key, &lo, &hi);
-    size_t r = m->probe(keys, lo, hi, key);
+    size_t r = probe(keys, lo, hi, key);
     int missed = !((r == 0 || keys[r - 1] < key) && (r == n || keys[r] >= key));
     if (missed)
         r = rmi_widen(keys, n, r, key);
@@ -436,6 +718,12 @@ size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key, size_t 
     if (fallback)
         *fallback = missed;
     return r;
+}
+
+size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key, size_t *probed,
+                       int *fallback)
+{
+    return rmi_lower_bound_with(m, keys, key, m->probe, probed, fallback);
 }
 
 size_t rmi_key_count(const rmi *m)
@@ -455,7 +743,10 @@ uint64_t rmi_max_error(const rmi *m)
 
 size_t rmi_memory_bytes(const rmi *m)
 {
-    return m ? sizeof *m + (m->nleaves + 1) * sizeof *m->leaves : 0;
+    if (!m)
+        return 0;
+    size_t t = m->table ? (((size_t)1 << m->tbits) + 1) * sizeof *m->table : 0;
+    return sizeof *m + (m->nleaves + 1) * sizeof *m->leaves + t;
 }
 
 /* ---- Serialised form -------------------------------------------------- */
@@ -516,16 +807,19 @@ void rmi_serialize(const rmi *m, uint8_t *dst)
     rmi_put32(dst + 20, (uint32_t)m->kind);
     rmi_put64(dst + 24, m->kmin);
     rmi_put64(dst + 32, rmi_dbits(m->slope));
-    rmi_put64(dst + 40, (uint64_t)m->off);
+    if (m->kind == RMI_TABLE)
+        rmi_put64(dst + 40, (uint64_t)m->shift | (uint64_t)m->tbits << 8 | (uint64_t)m->tlog << 16);
+    else
+        rmi_put64(dst + 40, (uint64_t)m->off);
     uint8_t *p = dst + RMI_HEADER;
     for (size_t j = 0; j < m->nleaves; j++, p += RMI_LEAF_BYTES) {
         const rmi_leaf *lf = &m->leaves[j];
         rmi_put64(p + 0, lf->kbase);
-        rmi_put64(p + 8, rmi_dbits(lf->slope));
-        rmi_put64(p + 16, (uint64_t)lf->off);
-        rmi_put64(p + 24, lf->start);
-        rmi_put32(p + 32, lf->err_lo);
-        rmi_put32(p + 36, lf->err_hi);
+        rmi_put64(p + 8, rmi_dbits((double)lf->slope));
+        rmi_put64(p + 16, (uint64_t)(int64_t)lf->off);
+        rmi_put64(p + 24, (uint64_t)rmi_start(lf));
+        rmi_put32(p + 32, rmi_elo(lf) == RMI_EMASK ? RMI_ERR_UNBOUNDED : rmi_elo(lf));
+        rmi_put32(p + 36, rmi_ehi(lf) == RMI_EMASK ? RMI_ERR_UNBOUNDED : rmi_ehi(lf));
     }
 }
 
@@ -548,14 +842,14 @@ int rmi_deserialize(const uint8_t *src, size_t len, size_t n, rmi **out)
         goto fail;
     if (rmi_get32(src) != RMI_MAGIC || rmi_get32(src + 4) != RMI_VERSION)
         goto fail;
-    if (rmi_get64(src + 8) != (uint64_t)n)
+    if (rmi_get64(src + 8) != (uint64_t)n || (uint64_t)n > RMI_START_MASK)
         goto fail;
     size_t L = rmi_get32(src + 16);
     if (L < 1 || L > (len - RMI_HEADER) / RMI_LEAF_BYTES ||
         len != RMI_HEADER + L * RMI_LEAF_BYTES)
         goto fail;
     uint32_t kind = rmi_get32(src + 20);
-    if (kind != RMI_LINEAR && kind != RMI_LOG)
+    if (kind != RMI_LINEAR && kind != RMI_LOG && kind != RMI_TABLE)
         goto fail;
     rc = KV_ENOMEM;
     m = calloc(1, sizeof *m);
@@ -573,23 +867,44 @@ int rmi_deserialize(const uint8_t *src, size_t len, size_t n, rmi **out)
     m->off = (int64_t)rmi_get64(src + 40);
     if (!rmi_slope_ok(m->slope) || !rmi_off_ok(m->off))
         goto fail;
+    if (m->kind == RMI_TABLE) {
+        /* offset = shift | tbits << 8 | log << 16; 2^tbits <= L buckets */
+        uint64_t g = (uint64_t)m->off;
+        m->shift = (unsigned)(g & 0xff);
+        m->tbits = (unsigned)(g >> 8 & 0xff);
+        m->tlog = (unsigned)(g >> 16);
+        if (m->slope != 0 || g >> 17 || m->shift > 63 || m->tbits > 30 ||
+            ((size_t)1 << m->tbits) > L)
+            goto fail;
+        m->off = 0;
+    }
     const uint8_t *p = src + RMI_HEADER;
     uint64_t prev = 0;
     for (size_t j = 0; j < L; j++, p += RMI_LEAF_BYTES) {
         rmi_leaf *lf = &m->leaves[j];
+        double slope = rmi_bitsd(rmi_get64(p + 8));
+        int64_t off = (int64_t)rmi_get64(p + 16);
+        uint64_t start = rmi_get64(p + 24);
+        uint32_t elo = rmi_get32(p + 32), ehi = rmi_get32(p + 36);
+        if (!rmi_slope_ok(slope) || !rmi_off_ok(off))
+            goto fail;
+        if (start < prev || start > (uint64_t)n || (j == 0 && start != 0))
+            goto fail;
+        prev = start;
         lf->kbase = rmi_get64(p + 0);
-        lf->slope = rmi_bitsd(rmi_get64(p + 8));
-        lf->off = (int64_t)rmi_get64(p + 16);
-        lf->start = rmi_get64(p + 24);
-        lf->err_lo = rmi_get32(p + 32);
-        lf->err_hi = rmi_get32(p + 36);
-        if (!rmi_slope_ok(lf->slope) || !rmi_off_ok(lf->off))
-            goto fail;
-        if (lf->start < prev || lf->start > (uint64_t)n || (j == 0 && lf->start != 0))
-            goto fail;
-        prev = lf->start;
+        lf->slope = (float)slope;
+        lf->off = (int32_t)(off < -RMI_OFF_MAX ? -RMI_OFF_MAX : off > RMI_OFF_MAX ? RMI_OFF_MAX : off);
+        /* A line the in-memory form cannot hold exactly, or an error too
+         * wide for it, gets the whole leaf as its window: still correct. */
+        if ((double)lf->slope != slope || lf->off != off || elo >= RMI_EMASK || ehi >= RMI_EMASK)
+            elo = ehi = RMI_EMASK;
+        rmi_set_pos(lf, start, elo, ehi);
     }
-    m->leaves[L].start = (uint64_t)n;
+    rmi_set_pos(&m->leaves[L], (uint64_t)n, 0, 0);
+    if (m->kind == RMI_TABLE && rmi_make_table(m) != KV_OK) {
+        rc = KV_ENOMEM;
+        goto fail;
+    }
     rmi_finish(m);
     *out = m;
     return KV_OK;

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "probe.h"
+
 typedef struct rmi rmi;
 
 /* Train on n sorted, strictly ascending keys (n may be 0). */
@@ -31,6 +33,10 @@ void rmi_free(rmi *m);
  * *fallback (if non-NULL) is set to 1 when the window missed, else 0. */
 size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key,
                        size_t *probed, int *fallback);
+/* The same with the window searched by the given kernel instead of
+ * probe_best() (for benchmarks and tests that compare kernels). */
+size_t rmi_lower_bound_with(const rmi *m, const uint64_t *keys, uint64_t key, probe_fn probe,
+                            size_t *probed, int *fallback);
 
 size_t rmi_key_count(const rmi *m);
 size_t rmi_leaf_count(const rmi *m);

@@ -249,8 +249,11 @@ static void test_rmi_distributions(void **state)
         rmi *m = NULL;
         assert_int_equal(rmi_build(keys, n, &m), KV_OK);
         assert_non_null(m);
-        /* L adapts to n: between n/512 and n/16 leaves */
+        /* L adapts to n: between n/512 and n/16 leaves; the whole model
+         * stays within 2 % of the key array */
         assert_true(rmi_leaf_count(m) >= n / 512 && rmi_leaf_count(m) <= n / 16);
+        if (rmi_memory_bytes(m) > n * sizeof(uint64_t) / 50)
+            fail_msg("%s: model %zu bytes for %zu keys", dist_name[d], rmi_memory_bytes(m), n);
         check_model(m, keys, n);
         check_round_trip(m, keys, n);
         print_message("  %-15s n=%zu leaves=%zu max_error=%llu\n", dist_name[d], n,
@@ -265,7 +268,7 @@ static void test_rmi_distributions(void **state)
 static void test_rmi_window_quality(void **state)
 {
     (void)state;
-    const int dists[] = { D_UNIFORM_SPARSE, D_LOGNORMAL, D_NORMAL };
+    const int dists[] = { D_UNIFORM_SPARSE, D_LOGNORMAL, D_NORMAL, D_CLUSTERED };
     for (size_t t = 0; t < sizeof dists / sizeof dists[0]; t++) {
         size_t n = 200000;
         uint64_t *keys = gen_keys(dists[t], &n);
@@ -384,7 +387,8 @@ static uint64_t dbits(double d)
 static void test_rmi_known_bytes(void **state)
 {
     (void)state;
-    /* keys 10, 20, 30: one leaf, least squares slope 0.1, offset 0, exact */
+    /* keys 10, 20, 30: one leaf, least squares slope 0.1 (held as a float),
+     * offset 0, exact */
     const uint64_t keys[3] = { 10, 20, 30 };
     static const uint8_t want[88] = {
         0x52, 0x4d, 0x49, 0x31, 0x01, 0x00, 0x00, 0x00,             /* magic, version */
@@ -394,7 +398,7 @@ static void test_rmi_known_bytes(void **state)
         0, 0, 0, 0, 0, 0, 0, 0,                                     /* root slope 0.0 */
         0, 0, 0, 0, 0, 0, 0, 0,                                     /* root offset 0 */
         0x0a, 0, 0, 0, 0, 0, 0, 0,                                  /* leaf kbase 10 */
-        0x9a, 0x99, 0x99, 0x99, 0x99, 0x99, 0xb9, 0x3f,             /* slope 0.1 */
+        0, 0, 0, 0xa0, 0x99, 0x99, 0xb9, 0x3f,                      /* slope (float)0.1 */
         0, 0, 0, 0, 0, 0, 0, 0,                                     /* offset 0 */
         0, 0, 0, 0, 0, 0, 0, 0,                                     /* start 0 */
         0, 0, 0, 0, 0, 0, 0, 0,                                     /* err_lo 0, err_hi 0 */
@@ -491,7 +495,7 @@ static void test_rmi_corrupt_fields(void **state)
     REFUSED(put32(b + 16, 0));                           /* L = 0 */
     REFUSED(put32(b + 16, (uint32_t)L + 1));             /* L beyond the bytes */
     REFUSED(put32(b + 16, UINT32_MAX));                  /* L huge */
-    REFUSED(put32(b + 20, 2));                           /* root kind */
+    REFUSED(put32(b + 20, 3));                           /* root kind */
     REFUSED(put64(b + 32, dbits(NAN)));                  /* root slope */
     REFUSED(put64(b + 32, dbits(-1.0)));
     REFUSED(put64(b + 32, dbits(INFINITY)));
@@ -631,6 +635,178 @@ static void test_rmi_fuzz_bytes(void **state)
     free(keys);
 }
 
+/* Every probe kernel the CPU runs gives the same answers through the model
+ * (a table root on clustered data, a fitted root on lognormal data). */
+static void test_rmi_kernels_agree(void **state)
+{
+    (void)state;
+    probe_fn fns[3];
+    size_t nf = 0;
+    fns[nf++] = probe_scalar;
+    if (probe_avx2())
+        fns[nf++] = probe_avx2();
+    if (probe_avx512())
+        fns[nf++] = probe_avx512();
+    const int dists[] = { D_CLUSTERED, D_LOGNORMAL, D_HEAVY_TAIL };
+    for (size_t t = 0; t < sizeof dists / sizeof dists[0]; t++) {
+        size_t n = 100000;
+        uint64_t *keys = gen_keys(dists[t], &n);
+        rmi *m = NULL;
+        assert_int_equal(rmi_build(keys, n, &m), KV_OK);
+        for (int q = 0; q < 60000; q++) {
+            uint64_t key = keys[rnd() % n] + (uint64_t)(q % 3) - 1; /* below, at, above */
+            if (q % 7 == 0)
+                key = rnd();
+            size_t want = ref_lower_bound(keys, n, key);
+            for (size_t f = 0; f < nf; f++) {
+                int fb = -1;
+                size_t got = rmi_lower_bound_with(m, keys, key, fns[f], NULL, &fb);
+                if (got != want || fb != 0)
+                    fail_msg("%s kernel %zu key %llu: got %zu want %zu fallback %d",
+                             dist_name[dists[t]], f, (unsigned long long)key, got, want, fb);
+            }
+        }
+        rmi_free(m);
+        free(keys);
+    }
+}
+
+/* A hand-made table-root model: keys 100..107 and 1000..1007 in four
+ * leaves of four (slope 1, exact); two buckets of 512 keys from kmin = 100
+ * (shift 9, tbits 1): leaf 1 (first key 104) in bucket 0, leaves 2 and 3
+ * (1000, 1004) in bucket 1. */
+static void table_model(uint8_t *b, const uint64_t *kbase)
+{
+    memset(b, 0, 48 + 4 * 40);
+    put32(b + 0, 0x31494d52u);
+    put32(b + 4, 1);
+    put64(b + 8, 16);
+    put32(b + 16, 4);
+    put32(b + 20, 2);
+    put64(b + 24, 100);
+    put64(b + 32, dbits(0.0));
+    put64(b + 40, 9 | 1 << 8);
+    for (int j = 0; j < 4; j++) {
+        uint8_t *l = b + 48 + 40 * j;
+        put64(l + 0, kbase[j]);
+        put64(l + 8, dbits(1.0));
+        put64(l + 24, 4 * (uint64_t)j);
+    }
+}
+
+static void test_rmi_table_root(void **state)
+{
+    (void)state;
+    uint64_t k2[16];
+    for (int i = 0; i < 8; i++) {
+        k2[i] = 100 + (uint64_t)i;
+        k2[8 + i] = 1000 + (uint64_t)i;
+    }
+    static const uint64_t kbase[4] = { 100, 104, 1000, 1004 };
+    uint8_t b[48 + 4 * 40], b2[sizeof b];
+    table_model(b, kbase);
+    rmi *m = NULL;
+    assert_int_equal(rmi_deserialize(b, sizeof b, 16, &m), KV_OK);
+    assert_int_equal(rmi_leaf_count(m), 4);
+    assert_int_equal(rmi_max_error(m), 1);
+    assert_int_equal(rmi_serialized_size(m), sizeof b);
+    rmi_serialize(m, b2);
+    assert_memory_equal(b, b2, sizeof b);
+    static const struct {
+        uint64_t key;
+        size_t want;
+    } q[] = {
+        { 0, 0 },       { 103, 3 },  { 104, 4 },  /* below leaf 0, leaf 0, leaf 1 */
+        { 500, 8 },     { 611, 8 },  /* leaf 1, past its last key, bucket 0 */
+        { 612, 8 },     { 999, 8 },  /* bucket 1, before leaf 2: still leaf 1 */
+        { 1003, 11 },   { 1004, 12 }, { 1007, 15 }, { 1008, 16 }, { UINT64_MAX, 16 },
+    };
+    for (size_t i = 0; i < sizeof q / sizeof q[0]; i++) {
+        size_t probed;
+        int fb;
+        assert_int_equal(rmi_lower_bound(m, k2, q[i].key, &probed, &fb), q[i].want);
+        assert_int_equal(fb, 0);
+        assert_int_equal(probed, 1);
+    }
+    for (size_t i = 0; i < 16; i++)
+        assert_int_equal(rmi_lower_bound(m, k2, k2[i], NULL, NULL), i);
+    rmi_free(m);
+
+    /* table fields out of range are refused */
+    static const uint64_t bad_geometry[] = { 64 | 1 << 8,  /* shift */
+                                             9 | 3 << 8,   /* 8 buckets > 4 leaves */
+                                             9 | 1 << 17 }; /* unknown bit */
+    for (size_t i = 0; i < sizeof bad_geometry / sizeof bad_geometry[0]; i++) {
+        table_model(b, kbase);
+        put64(b + 40, bad_geometry[i]);
+        m = (rmi *)1;
+        assert_int_equal(rmi_deserialize(b, sizeof b, 16, &m), KV_ECORRUPT);
+        assert_null(m);
+    }
+    table_model(b, kbase);
+    put64(b + 32, dbits(0.5)); /* a table root has no slope */
+    assert_int_equal(rmi_deserialize(b, sizeof b, 16, &m), KV_ECORRUPT);
+
+    /* first keys out of order: accepted, searches stay in bounds, answers
+     * stay right (through fallbacks) */
+    static const uint64_t shuffled[4] = { 100, 1004, 104, 1000 };
+    table_model(b, shuffled);
+    assert_int_equal(rmi_deserialize(b, sizeof b, 16, &m), KV_OK);
+    check_answers(m, k2, 16, 2000);
+    rmi_free(m);
+
+    /* built: clustered data gets narrow windows and survives a round trip */
+    size_t n = 50000;
+    uint64_t *keys = gen_keys(D_CLUSTERED, &n);
+    assert_int_equal(rmi_build(keys, n, &m), KV_OK);
+    check_model(m, keys, n);
+    check_round_trip(m, keys, n);
+    assert_true(rmi_max_error(m) <= 512);
+    rmi_free(m);
+    free(keys);
+}
+
+/* Serialised leaves the 24-byte in-memory leaf cannot hold exactly (a slope
+ * that is not a float, an offset beyond 2^30, an error beyond 4094) are
+ * loaded with the whole leaf as their window: no fallback, right answers. */
+static void test_rmi_wide_leaf_fields(void **state)
+{
+    (void)state;
+    const size_t n = 3000;
+    uint64_t *keys = malloc(n * sizeof *keys);
+    assert_non_null(keys);
+    for (size_t i = 0; i < n; i++)
+        keys[i] = 8 * i + 5;
+    uint8_t b[48 + 40];
+    for (int variant = 0; variant < 4; variant++) {
+        memset(b, 0, sizeof b);
+        put32(b + 0, 0x31494d52u);
+        put32(b + 4, 1);
+        put64(b + 8, n);
+        put32(b + 16, 1);
+        put64(b + 24, 5);
+        put64(b + 48 + 0, 5);
+        put64(b + 48 + 8, dbits(variant == 0 ? 0.1 : 0.125)); /* 0.1 is not a float */
+        put64(b + 48 + 16, variant == 1 ? (uint64_t)1 << 40 : 0);
+        put32(b + 48 + 32, variant == 2 ? 5000 : 1);
+        put32(b + 48 + 36, 1);
+        rmi *m = NULL;
+        assert_int_equal(rmi_deserialize(b, sizeof b, n, &m), KV_OK);
+        assert_int_equal(rmi_max_error(m), variant == 3 ? 3 : n);
+        for (size_t i = 0; i < n; i += 7) {
+            size_t probed;
+            int fb = -1;
+            assert_int_equal(rmi_lower_bound(m, keys, keys[i], &probed, &fb), i);
+            assert_int_equal(fb, 0);
+            assert_int_equal(probed, variant == 3 ? (size_t)(i == 0 || i == n - 1 ? 2 : 3) : n);
+            assert_int_equal(rmi_lower_bound(m, keys, keys[i] - 1, NULL, &fb), i);
+            assert_int_equal(fb, 0);
+        }
+        rmi_free(m);
+    }
+    free(keys);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -642,6 +818,9 @@ int main(void)
         cmocka_unit_test(test_rmi_corrupt_fields),
         cmocka_unit_test(test_rmi_wrong_model_falls_back),
         cmocka_unit_test(test_rmi_fuzz_bytes),
+        cmocka_unit_test(test_rmi_kernels_agree),
+        cmocka_unit_test(test_rmi_table_root),
+        cmocka_unit_test(test_rmi_wide_leaf_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
