@@ -720,6 +720,29 @@ size_t rmi_lower_bound_with(const rmi *m, const uint64_t *keys, uint64_t key, pr
     return r;
 }
 
+size_t rmi_lower_bound_side(const rmi *m, const uint64_t *keys, uint64_t key, const void *side,
+                            size_t stride, size_t *probed, int *fallback)
+{
+    size_t n = m->n, lo, hi;
+    rmi_window(m, key, &lo, &hi);
+    if (hi > lo) {
+        /* Start loading the side array's entries for the window now, so
+         * their cache misses overlap the key probe's instead of following
+         * it. */
+        const char *s = side;
+        __builtin_prefetch(s + ((lo + hi) / 2) * stride);
+    }
+    size_t r = m->probe(keys, lo, hi, key);
+    int missed = !((r == 0 || keys[r - 1] < key) && (r == n || keys[r] >= key));
+    if (missed)
+        r = rmi_widen(keys, n, r, key);
+    if (probed)
+        *probed = hi - lo;
+    if (fallback)
+        *fallback = missed;
+    return r;
+}
+
 size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key, size_t *probed,
                        int *fallback)
 {

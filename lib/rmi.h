@@ -35,6 +35,11 @@ size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key,
                        size_t *probed, int *fallback);
 /* The same with the window searched by the given kernel instead of
  * probe_best() (for benchmarks and tests that compare kernels). */
+/* rmi_lower_bound that also prefetches side[lo..hi) (entries of stride
+ * bytes, e.g. the value references beside the keys) for the model's
+ * window before searching it. */
+size_t rmi_lower_bound_side(const rmi *m, const uint64_t *keys, uint64_t key, const void *side,
+                            size_t stride, size_t *probed, int *fallback);
 size_t rmi_lower_bound_with(const rmi *m, const uint64_t *keys, uint64_t key, probe_fn probe,
                             size_t *probed, int *fallback);
 

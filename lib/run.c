@@ -127,7 +127,8 @@ fail:
 int run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *probed,
             int *fallback)
 {
-    size_t i = rmi_lower_bound(r->index, r->keys, key, probed, fallback);
+    size_t i = rmi_lower_bound_side(r->index, r->keys, key, r->vrefs, sizeof *r->vrefs, probed,
+                                    fallback);
     if (i >= r->n || r->keys[i] != key)
         return KV_NOTFOUND;
     *val = run_value(r, i, len);
