@@ -660,8 +660,13 @@ uint64_t *buf_finish_order(buf *b, size_t *nkeys)
     sort_pending(b->pending, b->npending);
     /* Ascending keys: each link resumes at the previous one (the tail or
      * the finger), so the whole pass is about linear. */
-    for (size_t i = 0; i < b->npending; i++)
+    for (size_t i = 0; i < b->npending; i++) {
+        /* Nodes lie in arrival order, so each link is a cache miss unless
+         * it was asked for a few links ahead. */
+        if (i + 8 < b->npending)
+            __builtin_prefetch(b->pending[i + 8].node);
         link_node(b, b->pending[i].node);
+    }
     /* Hand the sorted keys back in the same memory (8 of every 16 bytes,
      * front to back, so nothing is overwritten before it is read). */
     uint64_t *keys = (uint64_t *)(void *)b->pending;
@@ -672,6 +677,12 @@ uint64_t *buf_finish_order(buf *b, size_t *nkeys)
     b->npending = b->cap_pending = 0;
     b->defer = 0;
     return keys;
+}
+
+void buf_prefetch(const buf *b, uint64_t key)
+{
+    const buf_table *t = atomic_load_explicit(&b->table, memory_order_relaxed);
+    __builtin_prefetch(&t->slots[(size_t)buf_hash(b->seed, key) & t->mask]);
 }
 
 int buf_get(const buf *b, uint64_t key, uint64_t max_seq, const void **val, size_t *len)

@@ -37,6 +37,8 @@ uint64_t *buf_finish_order(buf *b, size_t *nkeys);
 /* Size the hash index for nkeys keys now rather than by repeated doubling
  * (a hint: KV_ENOMEM leaves the buffer as it was). */
 int buf_reserve(buf *b, uint64_t nkeys);
+/* Start loading the hash slot a lookup or insert of key will read first. */
+void buf_prefetch(const buf *b, uint64_t key);
 /* buf_put that also reports what the key held here before the write:
  * BUF_VALUE, BUF_TOMBSTONE or BUF_ABSENT (saves the writer a lookup). */
 int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len,

@@ -227,7 +227,10 @@ void *os_big_alloc(size_t bytes)
 {
     if (bytes < OS_BIG_ALLOC)
         return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    /* MAP_POPULATE: these blocks are filled right away; one call faulting
+     * them all in costs less than a page fault per 4 KiB. */
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
+                   -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
 

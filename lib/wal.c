@@ -314,6 +314,16 @@ static int rec_verify(XXH3_state_t *xs, const uint8_t *base, uint64_t size, uint
 int wal_replay(const char *path, uint64_t after_seq, int recover, wal_apply_fn apply,
                void *ctx, uint64_t *valid_end, uint64_t *last_seq, int *torn)
 {
+    return wal_replay_peek(path, after_seq, recover, apply, NULL, ctx, valid_end, last_seq, torn);
+}
+
+/* Records a peek runs ahead of the one being applied. */
+#define PEEK_AHEAD 4
+
+int wal_replay_peek(const char *path, uint64_t after_seq, int recover, wal_apply_fn apply,
+                    wal_peek_fn peek, void *ctx, uint64_t *valid_end, uint64_t *last_seq,
+                    int *torn)
+{
     uint64_t ve_local, ls_local;
     int torn_local;
     if (!valid_end)
@@ -368,12 +378,24 @@ int wal_replay(const char *path, uint64_t after_seq, int recover, wal_apply_fn a
         goto out;
     }
 
-    uint64_t off = WAL_HEADER_SIZE, prev = first_seq - 1;
+    uint64_t off = WAL_HEADER_SIZE, prev = first_seq - 1, ahead = off;
+    int ahead_n = 0; /* records between off and ahead */
     rec_info ri;
     int bad_seq = 0;
     *valid_end = off;
     *last_seq = prev;
     while (off < size) {
+        /* Walk the peek cursor on header lengths alone; it stops at the
+         * first header that does not fit, which verification judges. */
+        while (peek && ahead_n < PEEK_AHEAD && size - ahead >= REC_HDR) {
+            uint32_t len = get_le32(base + ahead);
+            uint64_t total = REC_HDR + pad8(len);
+            if (total > size - ahead)
+                break;
+            peek(ctx, get_le16(base + ahead + 4), base + ahead + REC_HDR, len);
+            ahead += total;
+            ahead_n++;
+        }
         if (!rec_verify(xs, base, size, off, &ri))
             break;
         if (ri.seq != prev + 1) {
@@ -387,6 +409,12 @@ int wal_replay(const char *path, uint64_t after_seq, int recover, wal_apply_fn a
         }
         prev = ri.seq;
         off += ri.total;
+        if (ahead_n > 0)
+            ahead_n--;
+        if (ahead < off) { /* the cursor fell behind (a header it could not read) */
+            ahead = off;
+            ahead_n = 0;
+        }
         *valid_end = off;
         *last_seq = prev;
     }

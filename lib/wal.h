@@ -89,6 +89,13 @@ typedef int (*wal_apply_fn)(void *ctx, uint32_t type, uint64_t seq,
                             const uint8_t *payload, size_t len);
 int wal_replay(const char *path, uint64_t after_seq, int recover, wal_apply_fn apply,
                void *ctx, uint64_t *valid_end, uint64_t *last_seq, int *torn);
+/* wal_replay that also shows peek a record a few ahead of the one being
+ * applied (type and payload inside the file, nothing verified yet), so the
+ * caller can prefetch what applying it will touch. A hint only. */
+typedef void (*wal_peek_fn)(void *ctx, uint32_t type, const uint8_t *payload, size_t len);
+int wal_replay_peek(const char *path, uint64_t after_seq, int recover, wal_apply_fn apply,
+                    wal_peek_fn peek, void *ctx, uint64_t *valid_end, uint64_t *last_seq,
+                    int *torn);
 
 /* Iterate the entries of a WAL_BATCH payload (also the kv_batch encoding).
  * Returns 1 with an entry, 0 at the end, KV_ECORRUPT if malformed (the
