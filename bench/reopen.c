@@ -31,44 +31,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "benchutil.h"
 #include "kyro.h"
 
 #define BATCH 1000
 #define SAMPLE 100000
-
-static uint64_t splitmix64(uint64_t *s)
-{
-    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* Same keyed pattern as compare.c: a value is checkable from its key. */
-static void fill_value(uint64_t key, unsigned char *buf, size_t len)
-{
-    uint64_t s = key ^ 0x5851F42D4C957F2Dull, h = splitmix64(&s);
-    size_t i = 0;
-    for (uint64_t w = 0; i + 8 <= len; i += 8, w++) {
-        uint64_t x = h + w * 0x9E3779B97F4A7C15ull;
-        memcpy(buf + i, &x, 8);
-    }
-    for (; i < len; i++)
-        buf[i] = (unsigned char)(h >> (8 * (i & 7)));
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
