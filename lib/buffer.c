@@ -36,6 +36,7 @@
 
 #include "kyro.h"
 #include "os.h"
+#include "sort.h"
 
 #define BUF_MAX_HEIGHT 16                   /* branching 4: ample for 2^32 keys */
 #define BUF_CHUNK_MIN ((size_t)4 << 10)     /* first arena chunk */
@@ -118,15 +119,10 @@ struct buf {
     /* Between buf_defer_order and buf_finish_order: new keys wait here,
      * in the hash index only, to be linked in key order in one pass. */
     int defer;
-    struct pending_node *pending;
+    sort_pair *pending; /* (key, node pointer) */
     size_t npending, cap_pending;
     uint64_t rng;
     buf_arena meta, vals;
-};
-
-struct pending_node {
-    uint64_t key;
-    buf_node *node;
 };
 
 static const unsigned char buf_empty[1];
@@ -551,7 +547,7 @@ int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *
         size_t cap = b->cap_pending ? b->cap_pending * 2 : 1024;
         if (fault_fn && fault_fn(fault_ctx, cap * sizeof *b->pending))
             return KV_ENOMEM;
-        struct pending_node *grown_list = realloc(b->pending, cap * sizeof *b->pending);
+        sort_pair *grown_list = realloc(b->pending, cap * sizeof *b->pending);
         if (!grown_list)
             return KV_ENOMEM;
         b->pending = grown_list;
@@ -566,7 +562,7 @@ int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *
     }
 
     if (b->defer)
-        b->pending[b->npending++] = (struct pending_node){key, node};
+        b->pending[b->npending++] = (sort_pair){key, (uint64_t)(uintptr_t)node};
     else
         link_node(b, node);
     if (grown) {
@@ -609,63 +605,17 @@ int buf_reserve(buf *b, uint64_t nkeys)
     return KV_OK;
 }
 
-/* Quicksort by key (keys here are distinct), insertion sort below 16. */
-static void sort_pending(struct pending_node *p, size_t n)
-{
-    while (n > 16) {
-        struct pending_node t;
-        size_t mid = n / 2;
-#define SWAP_PENDING(i, j) (t = p[i], p[i] = p[j], p[j] = t)
-        if (p[mid].key < p[0].key)
-            SWAP_PENDING(mid, 0);
-        if (p[n - 1].key < p[0].key)
-            SWAP_PENDING(n - 1, 0);
-        if (p[n - 1].key < p[mid].key)
-            SWAP_PENDING(n - 1, mid);
-        uint64_t pivot = p[mid].key;
-        size_t i = 0, j = n - 1;
-        for (;;) {
-            while (p[i].key < pivot)
-                i++;
-            while (pivot < p[j].key)
-                j--;
-            if (i >= j)
-                break;
-            SWAP_PENDING(i, j);
-            i++;
-            j--;
-        }
-#undef SWAP_PENDING
-        size_t left = j + 1;
-        if (left < n - left) {
-            sort_pending(p, left);
-            p += left;
-            n -= left;
-        } else {
-            sort_pending(p + left, n - left);
-            n = left;
-        }
-    }
-    for (size_t i = 1; i < n; i++) {
-        struct pending_node x = p[i];
-        size_t j = i;
-        for (; j > 0 && x.key < p[j - 1].key; j--)
-            p[j] = p[j - 1];
-        p[j] = x;
-    }
-}
-
 uint64_t *buf_finish_order(buf *b, size_t *nkeys)
 {
-    sort_pending(b->pending, b->npending);
+    sort_pairs(b->pending, b->npending);
     /* Ascending keys: each link resumes at the previous one (the tail or
      * the finger), so the whole pass is about linear. */
     for (size_t i = 0; i < b->npending; i++) {
         /* Nodes lie in arrival order, so each link is a cache miss unless
          * it was asked for a few links ahead. */
         if (i + 8 < b->npending)
-            __builtin_prefetch(b->pending[i + 8].node);
-        link_node(b, b->pending[i].node);
+            __builtin_prefetch((void *)(uintptr_t)b->pending[i + 8].tag);
+        link_node(b, (buf_node *)(uintptr_t)b->pending[i].tag);
     }
     /* Hand the sorted keys back in the same memory (8 of every 16 bytes,
      * front to back, so nothing is overwritten before it is read). */

@@ -33,6 +33,7 @@
 #include "os.h"
 #include "probe.h"
 #include "snapshot.h"
+#include "sort.h"
 
 #define LOCK_NAME "LOCK"
 /* Bounds of the library-chosen fold threshold (base/8 between them). The
@@ -174,69 +175,6 @@ static void finish_replay(kv_db *db)
     atomic_store(&db->live_keys, (uint64_t)((int64_t)base->n + db->replay_live_delta) - in_base);
 }
 
-/* One batch entry, for applying a batch in key order. */
-typedef struct {
-    uint64_t key;
-    uint32_t ordinal; /* position in the batch: later entries win */
-    uint32_t is_delete;
-    const uint8_t *val;
-    size_t len;
-} batch_entry;
-
-static int batch_entry_less(const batch_entry *x, const batch_entry *y)
-{
-    return x->key != y->key ? x->key < y->key : x->ordinal < y->ordinal;
-}
-
-/* Quicksort (median of three, insertion sort below 16) with the comparison
- * inlined: qsort's indirect calls cost more than the inserts it speeds up.
- * (key, ordinal) pairs are distinct, so stability needs nothing more. */
-static void sort_batch_entries(batch_entry *e, size_t n)
-{
-    while (n > 16) {
-        size_t mid = n / 2;
-        batch_entry t;
-#define SWAP_ENTRIES(i, j) (t = e[i], e[i] = e[j], e[j] = t)
-        if (batch_entry_less(&e[mid], &e[0]))
-            SWAP_ENTRIES(mid, 0);
-        if (batch_entry_less(&e[n - 1], &e[0]))
-            SWAP_ENTRIES(n - 1, 0);
-        if (batch_entry_less(&e[n - 1], &e[mid]))
-            SWAP_ENTRIES(n - 1, mid);
-        batch_entry pivot = e[mid];
-        size_t i = 0, j = n - 1;
-        for (;;) {
-            while (batch_entry_less(&e[i], &pivot))
-                i++;
-            while (batch_entry_less(&pivot, &e[j]))
-                j--;
-            if (i >= j)
-                break;
-            SWAP_ENTRIES(i, j);
-            i++;
-            j--;
-        }
-#undef SWAP_ENTRIES
-        /* Recurse into the smaller side, loop on the larger: O(log n) stack. */
-        size_t left = j + 1;
-        if (left < n - left) {
-            sort_batch_entries(e, left);
-            e += left;
-            n -= left;
-        } else {
-            sort_batch_entries(e + left, n - left);
-            n = left;
-        }
-    }
-    for (size_t i = 1; i < n; i++) {
-        batch_entry x = e[i];
-        size_t j = i;
-        for (; j > 0 && batch_entry_less(&x, &e[j - 1]); j--)
-            e[j] = e[j - 1];
-        e[j] = x;
-    }
-}
-
 int db_apply_batch(kv_db *db, uint64_t seq, const uint8_t *payload, size_t len)
 {
     wal_batch_cursor c = {payload, payload + len};
@@ -254,24 +192,31 @@ int db_apply_batch(kv_db *db, uint64_t seq, const uint8_t *payload, size_t len)
         return KV_ECORRUPT;
 
     /* In key order the buffer's insert resumes where the previous one
-     * ended instead of searching from the top; equal keys keep batch order,
-     * so the later one still wins. Without memory, batch order works too. */
-    batch_entry *e = count > 1 && count <= UINT32_MAX ? malloc(count * sizeof *e) : NULL;
+     * ended instead of searching from the top. Each entry is sorted with
+     * its offset in the payload, so equal keys keep batch order and the
+     * later one still wins. Without memory, batch order works too. */
+    sort_pair *order = count > 1 ? malloc(count * sizeof *order) : NULL;
     c = (wal_batch_cursor){payload, payload + len};
-    if (!e) {
+    if (!order) {
         while (wal_batch_next(&c, &op, &key, &val, &vlen) == 1) {
             if ((rc = apply_one(db, seq, op == WAL_OP_DEL, key, val, vlen)) != KV_OK)
                 return rc;
         }
         return KV_OK;
     }
-    for (size_t i = 0; wal_batch_next(&c, &op, &key, &val, &vlen) == 1; i++)
-        e[i] = (batch_entry){key, (uint32_t)i, op == WAL_OP_DEL, val, vlen};
-    sort_batch_entries(e, count);
+    for (size_t i = 0; i < count; i++) {
+        uint64_t off = (uint64_t)(c.p - payload);
+        wal_batch_next(&c, &op, &key, &val, &vlen);
+        order[i] = (sort_pair){key, off};
+    }
+    sort_pairs(order, count);
     rc = KV_OK;
-    for (size_t i = 0; i < count && rc == KV_OK; i++)
-        rc = apply_one(db, seq, (int)e[i].is_delete, e[i].key, e[i].val, e[i].len);
-    free(e);
+    for (size_t i = 0; i < count && rc == KV_OK; i++) {
+        c = (wal_batch_cursor){payload + order[i].tag, payload + len};
+        wal_batch_next(&c, &op, &key, &val, &vlen);
+        rc = apply_one(db, seq, op == WAL_OP_DEL, key, val, vlen);
+    }
+    free(order);
     return rc;
 }
 
