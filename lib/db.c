@@ -235,8 +235,21 @@ static void advance_visible(kv_db *db, uint64_t seq)
     }
 }
 
+static int db_write_counted(kv_db *db, uint32_t type, uint64_t key, const void *val,
+                            size_t len, const uint8_t *batch, size_t batch_len);
+
+/* Counts the writers in flight for the WAL's group commit. */
 int db_write(kv_db *db, uint32_t type, uint64_t key, const void *val, size_t len,
              const uint8_t *batch, size_t batch_len)
+{
+    atomic_fetch_add(&db->writers, 1);
+    int rc = db_write_counted(db, type, key, val, len, batch, batch_len);
+    atomic_fetch_sub(&db->writers, 1);
+    return rc;
+}
+
+static int db_write_counted(kv_db *db, uint32_t type, uint64_t key, const void *val,
+                            size_t len, const uint8_t *batch, size_t batch_len)
 {
     uint8_t kbuf[8];
     uint64_t seq, lsn;
@@ -404,11 +417,12 @@ static void remove_leftovers(kv_db *db)
     closedir(d);
 }
 
-static db_wal *db_wal_new(wal *w, uint64_t id)
+static db_wal *db_wal_new(kv_db *db, wal *w, uint64_t id)
 {
     db_wal *dw = calloc(1, sizeof *dw);
     if (!dw)
         return NULL;
+    wal_set_writers(w, &db->writers);
     dw->w = w;
     dw->id = id;
     atomic_init(&dw->inflight, 0);
@@ -567,7 +581,7 @@ static int recover_wals(kv_db *db, const uint64_t *ids, size_t n)
             wal_close(w);
         return rc;
     }
-    db->wal = db_wal_new(w, last_id);
+    db->wal = db_wal_new(db, w, last_id);
     if (!db->wal) {
         wal_close(w);
         return KV_ENOMEM;
@@ -591,7 +605,7 @@ static int create_fresh(kv_db *db)
     rc = wal_create(db->dir, name, 1, &w);
     if (rc != KV_OK)
         return rc == KV_EIO ? db_io_error(db, -wal_last_errno()) : rc;
-    db->wal = db_wal_new(w, 1);
+    db->wal = db_wal_new(db, w, 1);
     if (!db->wal) {
         wal_close(w);
         return KV_ENOMEM;
@@ -962,7 +976,7 @@ static int snapshot_locked(kv_db *db, int force)
         pthread_mutex_unlock(&db->wlock);
         return rc == KV_EIO ? db_io_error(db, -wal_last_errno()) : rc;
     }
-    db_wal *dw = db_wal_new(nw, wal_id);
+    db_wal *dw = db_wal_new(db, nw, wal_id);
     if (!dw) {
         wal_close(nw);
         pthread_mutex_unlock(&db->wlock);

@@ -34,6 +34,7 @@ struct kv_db {
 
     /* Writers: WAL append + buffer insert, and every version publish. */
     pthread_mutex_t wlock;
+    atomic_uint writers;       /* threads inside db_write (see wal_set_writers) */
     db_wal *wal;               /* current (NULL when read-only) */
     manifest man;
     uint64_t snap_seq;         /* highest seq the live snapshot holds */

@@ -194,6 +194,20 @@ int os_ftruncate(int fd, uint64_t len)
     return 0;
 }
 
+int os_fallocate(int fd, uint64_t off, uint64_t len)
+{
+    int rc = fault(OS_TRUNCATE, NULL, fd, (size_t)len);
+    if (rc < 0)
+        return rc;
+    /* fallocate, not posix_fallocate: where the file system cannot
+     * reserve blocks, fail (EOPNOTSUPP) instead of writing zeros. */
+    while (fallocate(fd, 0, (off_t)off, (off_t)len) != 0) {
+        if (errno != EINTR)
+            return -errno;
+    }
+    return 0;
+}
+
 int os_file_size(int fd, uint64_t *size)
 {
     struct stat st;

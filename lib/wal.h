@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdatomic.h>
 
 enum { WAL_PUT = 1, WAL_DEL = 2, WAL_BATCH = 3 };
 
@@ -55,6 +56,11 @@ int wal_append(wal *w, uint32_t type, const void *p1, size_t n1, const void *p2,
  * (mode 1), appended (mode 2).
  */
 int wal_commit(wal *w, uint64_t lsn, int mode, uint64_t *durable_seq, int *err);
+/* The owner's count of writer threads between the start of a write and the
+ * return of its wal_commit. A sync leader waits (briefly) until all of them
+ * have queued, so that writers acknowledged by the previous sync share this
+ * one. Set before the WAL is shared; NULL (the default) never waits. */
+void wal_set_writers(wal *w, const atomic_uint *writers);
 /* Write everything appended and fdatasync it (kv_sync, background timer). */
 int wal_sync(wal *w, int *err);
 
