@@ -1112,7 +1112,7 @@ int kv_warmup(kv_db *db)
     /* Touch one word per page of keys, references and values. */
     for (uint64_t i = 0; i < r->n; i += 4096 / sizeof(uint64_t))
         sink += r->keys[i];
-    for (uint64_t i = 0; i < r->n; i += 4096 / sizeof(run_vref))
+    for (uint64_t i = 0; r->vrefs && i < r->n; i += 4096 / sizeof(run_vref))
         sink += r->vrefs[i].off;
     for (uint32_t s = 0; s < r->nsegs; s++) {
         const volatile uint8_t *p = r->segs[s]->data;

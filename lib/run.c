@@ -2,7 +2,8 @@
  * run.c — the base run: sorted keys, value references, the learned index.
  *
  * Invariants: keys[0..n) strictly ascending and 64-byte aligned; vrefs[i]
- * names a byte range inside segs[vrefs[i].seg]; index was trained on exactly
+ * names a byte range inside segs[vrefs[i].seg] (or, in a fixed run, value
+ * i is fixed_len bytes at fixed_values + i * fixed_len); index was trained on exactly
  * keys[0..n); every run has at least one segment, so a 0-byte value always
  * has a valid base pointer. A run never changes after it is published; a
  * fold builds a new one, sharing the old run's segments by reference count.
@@ -124,11 +125,20 @@ fail:
     return KV_ENOMEM;
 }
 
+void run_set_fixed(run *r, uint32_t len)
+{
+    r->fixed_len = len;
+    r->fixed_values = r->segs[0]->data;
+}
+
 int run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *probed,
             int *fallback)
 {
-    size_t i = rmi_lower_bound_side(r->index, r->keys, key, r->vrefs, sizeof *r->vrefs, probed,
-                                    fallback);
+    /* The model's window also says where the value (fixed runs) or its
+     * reference lies, so that load starts beside the key probe. */
+    const void *side = r->fixed_values ? (const void *)r->fixed_values : (const void *)r->vrefs;
+    size_t stride = r->fixed_values ? r->fixed_len : sizeof *r->vrefs;
+    size_t i = rmi_lower_bound_side(r->index, r->keys, key, side, stride, probed, fallback);
     if (i >= r->n || r->keys[i] != key)
         return KV_NOTFOUND;
     *val = run_value(r, i, len);
@@ -140,20 +150,41 @@ uint64_t run_lower_bound(const run *r, uint64_t key)
     return rmi_lower_bound(r->index, r->keys, key, NULL, NULL);
 }
 
-/* Room for n keys (64-byte aligned, as the probe kernels expect) and refs. */
-static int run_alloc_arrays(run *r, uint64_t n)
+/* Room for n keys (64-byte aligned, as the probe kernels expect) and, for
+ * a run that is not fixed, their references. */
+static int run_alloc_arrays(run *r, uint64_t n, int fixed)
 {
     size_t kbytes = (size_t)((n ? n : 1) * sizeof(uint64_t) + 63) & ~(size_t)63;
-    size_t vbytes = (size_t)(n ? n : 1) * sizeof(run_vref);
     r->heap_keys = os_big_alloc(kbytes);
     r->heap_keys_bytes = kbytes;
-    r->heap_vrefs = os_big_alloc(vbytes);
-    r->heap_vrefs_bytes = vbytes;
-    if (!r->heap_keys || !r->heap_vrefs)
+    if (!r->heap_keys)
         return KV_ENOMEM;
     r->keys = r->heap_keys;
+    if (fixed)
+        return KV_OK;
+    size_t vbytes = (size_t)(n ? n : 1) * sizeof(run_vref);
+    r->heap_vrefs = os_big_alloc(vbytes);
+    r->heap_vrefs_bytes = vbytes;
+    if (!r->heap_vrefs)
+        return KV_ENOMEM;
     r->vrefs = r->heap_vrefs;
     return KV_OK;
+}
+
+/* Longest value length a fold lays out as a fixed run. A fixed fold copies
+ * every value, where a fold with references shares the base's segments and
+ * writes 16 bytes per key; past this length the copying costs more than the
+ * saved reference load is worth. */
+#define FIXED_MAX_LEN 128u
+
+/* Tracks whether every value seen has one length: -1 before the first,
+ * -2 once two differ, else that length. */
+static void note_len(int64_t *same, uint64_t len)
+{
+    if (*same == -1)
+        *same = (int64_t)len;
+    else if (*same != (int64_t)len)
+        *same = -2;
 }
 
 /*
@@ -162,14 +193,17 @@ static int run_alloc_arrays(run *r, uint64_t n)
  * tombstones dropping the key. Buffer values are copied into the new
  * segment; a base value is copied too when seg_map[its segment] is
  * SEG_COPY, else its reference is renumbered through seg_map. With out ==
- * NULL it only counts keys and the new segment's bytes.
+ * NULL it only counts keys and the new segment's bytes, and notes in
+ * *same_len whether all values have one length (see note_len). A fixed out
+ * (no vrefs) needs every value copied.
  */
 #define SEG_COPY UINT32_MAX
 
 static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, const uint32_t *seg_map,
                        run *out, uint32_t new_seg, uint8_t *seg_bytes, uint64_t *nkeys,
-                       uint64_t *nbytes, uint64_t *live_bytes)
+                       uint64_t *nbytes, uint64_t *live_bytes, int64_t *same_len)
 {
+    int64_t same = -1;
     buf_iter it;
     uint64_t bkey = 0, i = 0, n = 0, off = 0, live = 0;
     const void *bval = NULL;
@@ -185,9 +219,11 @@ static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, con
             if (i < base->n && base->keys[i] == bkey)
                 i++; /* shadowed by the buffer */
             if (bstate == BUF_VALUE) {
+                note_len(&same, blen);
                 if (out) {
                     keys[n] = bkey;
-                    vrefs[n] = (run_vref){.off = off, .len = (uint32_t)blen, .seg = new_seg};
+                    if (vrefs)
+                        vrefs[n] = (run_vref){.off = off, .len = (uint32_t)blen, .seg = new_seg};
                     if (blen)
                         memcpy(seg_bytes + off, bval, blen);
                 }
@@ -197,7 +233,8 @@ static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, con
             }
             bstate = buf_iter_next(&it, &bkey, &bval, &blen);
         } else {
-            run_vref v = base->vrefs[i];
+            run_vref v = run_vref_at(base, i);
+            note_len(&same, v.len);
             uint32_t to = seg_map[v.seg];
             if (to == SEG_COPY) {
                 if (out && v.len)
@@ -209,7 +246,8 @@ static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, con
             }
             if (out) {
                 keys[n] = base->keys[i];
-                vrefs[n] = v;
+                if (vrefs)
+                    vrefs[n] = v;
             }
             live += v.len;
             n++;
@@ -219,6 +257,8 @@ static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, con
     *nkeys = n;
     *nbytes = off;
     *live_bytes = live;
+    if (same_len)
+        *same_len = same;
 }
 
 /* Heap segments a base may gather before a fold rewrites their values. */
@@ -256,14 +296,22 @@ int run_merge(const run *base, const buf *frozen, uint64_t max_seq, run **out)
     uint32_t kept = 0;
     for (uint32_t s = 0; s < base->nsegs; s++)
         seg_map[s] = rewrite && !base->segs[s]->map ? SEG_COPY : kept++;
-    merge_walk(base, frozen, max_seq, seg_map, NULL, 0, NULL, &n, &nbytes, &live);
+    int64_t same_len;
+    merge_walk(base, frozen, max_seq, seg_map, NULL, 0, NULL, &n, &nbytes, &live, &same_len);
+    int fixed = same_len >= 0 && same_len <= FIXED_MAX_LEN;
+    if (fixed) { /* every value moves into the one new segment */
+        for (uint32_t s = 0; s < base->nsegs; s++)
+            seg_map[s] = SEG_COPY;
+        kept = 0;
+        nbytes = n * (uint64_t)same_len;
+    }
 
     run *r = run_alloc(kept + 1);
     if (!r) {
         free(seg_map);
         return KV_ENOMEM;
     }
-    if (run_alloc_arrays(r, n) != KV_OK)
+    if (run_alloc_arrays(r, n, fixed) != KV_OK)
         goto fail;
     if (nbytes && !(seg_bytes = os_big_alloc((size_t)nbytes)))
         goto fail;
@@ -279,8 +327,10 @@ int run_merge(const run *base, const buf *frozen, uint64_t max_seq, run **out)
         }
     }
     r->nsegs = kept + 1;
-    merge_walk(base, frozen, max_seq, seg_map, r, kept, seg_bytes, &r->n, &nbytes, &live);
+    merge_walk(base, frozen, max_seq, seg_map, r, kept, seg_bytes, &r->n, &nbytes, &live, NULL);
     r->value_bytes = live;
+    if (fixed)
+        run_set_fixed(r, (uint32_t)same_len);
     if (run_train(r) != KV_OK)
         goto fail;
     free(seg_map);
@@ -295,10 +345,14 @@ fail:
 int run_compact(const run *base, run **out)
 {
     uint8_t *bytes = NULL;
+    int64_t same = -1;
+    for (uint64_t i = 0; i < base->n && same != -2; i++)
+        note_len(&same, run_vref_at(base, i).len);
+    int fixed = same >= 0 && same <= FIXED_MAX_LEN;
     run *r = run_alloc(1);
     if (!r)
         return KV_ENOMEM;
-    if (run_alloc_arrays(r, base->n) != KV_OK)
+    if (run_alloc_arrays(r, base->n, fixed) != KV_OK)
         goto fail;
     if (base->value_bytes && !(bytes = os_big_alloc((size_t)base->value_bytes)))
         goto fail;
@@ -315,13 +369,16 @@ int run_compact(const run *base, run **out)
         size_t len;
         const void *v = run_value(base, i, &len);
         keys[i] = base->keys[i];
-        vrefs[i] = (run_vref){.off = off, .len = (uint32_t)len, .seg = 0};
+        if (vrefs)
+            vrefs[i] = (run_vref){.off = off, .len = (uint32_t)len, .seg = 0};
         if (len)
             memcpy(bytes + off, v, len);
         off += len;
     }
     r->n = base->n;
     r->value_bytes = off;
+    if (fixed)
+        run_set_fixed(r, (uint32_t)same);
     if (run_train(r) != KV_OK)
         goto fail;
     *out = r;
@@ -335,7 +392,9 @@ uint64_t run_memory(const run *r)
 {
     uint64_t m = sizeof *r + r->nsegs * sizeof(run_seg *) + rmi_memory_bytes(r->index);
     if (r->heap_keys)
-        m += r->n * (sizeof(uint64_t) + sizeof(run_vref));
+        m += r->n * sizeof(uint64_t);
+    if (r->heap_vrefs)
+        m += r->n * sizeof(run_vref);
     for (uint32_t i = 0; i < r->nsegs; i++) {
         if (r->segs[i]->heap)
             m += r->segs[i]->len;

@@ -7,6 +7,12 @@
  * segment being a block of value bytes: the snapshot's values section, or a
  * heap block holding the values of one fold. Runs and segments are reference
  * counted so successive runs share them.
+ *
+ * A run whose values all have one length ("fixed", the common case of a
+ * fixed-size record) stores them back to back in key order in segs[0], so
+ * value i is at fixed_values + i * fixed_len: a lookup finds it from the
+ * key's position alone, with no reference to load first, and a heap run
+ * keeps no references at all (vrefs is NULL).
  */
 #ifndef KYRO_RUN_H
 #define KYRO_RUN_H
@@ -38,7 +44,9 @@ typedef struct run {
     atomic_uint_fast32_t refs;
     uint64_t n;
     const uint64_t *keys;    /* n keys, strictly ascending, 64-byte aligned */
-    const run_vref *vrefs;   /* n value references */
+    const run_vref *vrefs;   /* n value references; NULL in a fixed heap run */
+    const uint8_t *fixed_values; /* fixed runs: segs[0]->data, else NULL */
+    uint32_t fixed_len;      /* fixed runs: every value's length */
     rmi *index;              /* built on keys[0..n) */
     uint32_t nsegs;
     run_seg **segs;
@@ -65,10 +73,24 @@ int run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *p
 uint64_t run_lower_bound(const run *r, uint64_t key);
 static inline const void *run_value(const run *r, uint64_t i, size_t *len)
 {
+    if (r->fixed_values) {
+        *len = r->fixed_len;
+        return r->fixed_values + i * r->fixed_len;
+    }
     const run_vref *v = &r->vrefs[i];
     *len = v->len;
     return r->segs[v->seg]->data + v->off;
 }
+/* The reference of value i, also for a fixed run. */
+static inline run_vref run_vref_at(const run *r, uint64_t i)
+{
+    if (r->fixed_values)
+        return (run_vref){.off = i * r->fixed_len, .len = r->fixed_len, .seg = 0};
+    return r->vrefs[i];
+}
+/* Mark r fixed: the caller knows that segs[0] holds its n values of len
+ * bytes back to back in key order (snapshot load has verified it). */
+void run_set_fixed(run *r, uint32_t len);
 
 /* A new run: base merged with every entry of frozen visible at max_seq
  * (frozen wins; tombstones remove). Buffer values are copied into one new

@@ -223,9 +223,10 @@ static int run_check(const run *r, uint64_t *value_bytes)
     for (uint64_t i = 0; i < r->n; i++) {
         if (i && r->keys[i] <= r->keys[i - 1])
             return KV_EINVAL;
-        if (r->vrefs[i].len > KV_MAX_VALUE)
+        uint32_t len = run_vref_at(r, i).len;
+        if (len > KV_MAX_VALUE)
             return KV_EINVAL;
-        total += r->vrefs[i].len;
+        total += len;
     }
     *value_bytes = total;
     return KV_OK;
@@ -248,7 +249,7 @@ static void write_sections(snap_writer *w, const run *r, const uint8_t *model, s
     for (uint64_t i = 0; i < r->n && w->rc == 0;) {
         size_t k = 0;
         for (; k < sizeof chunk / 16 && i < r->n; k++, i++) {
-            uint32_t len = r->vrefs[i].len;
+            uint32_t len = run_vref_at(r, i).len;
             put_le64(chunk + 16 * k, off);
             put_le32(chunk + 16 * k + 8, len);
             put_le32(chunk + 16 * k + 12, 0);
@@ -416,9 +417,10 @@ static int verify_layout(const uint8_t *p, uint64_t size, snap_info *in)
 
 /* Verify keys and references, which verify_layout placed and checksummed. */
 static int verify_entries(const uint64_t *keys, const run_vref *vrefs, uint64_t n,
-                          uint64_t value_bytes)
+                          uint64_t value_bytes, int64_t *same_len)
 {
     uint64_t off = 0;
+    *same_len = n ? (int64_t)vrefs[0].len : -1;
     for (uint64_t i = 0; i < n; i++) {
         if (i && keys[i] <= keys[i - 1])
             return KV_ECORRUPT;
@@ -426,6 +428,8 @@ static int verify_entries(const uint64_t *keys, const run_vref *vrefs, uint64_t 
         /* off <= value_bytes on entry, so value_bytes - off cannot wrap. */
         if (v->seg != 0 || v->off != off || v->len > KV_MAX_VALUE || v->len > value_bytes - off)
             return KV_ECORRUPT;
+        if (v->len != *same_len)
+            *same_len = -1;
         off += v->len;
     }
     return off == value_bytes ? KV_OK : KV_ECORRUPT;
@@ -470,7 +474,8 @@ int snap_load(const char *dir, const char *name, run **out, uint64_t *max_seq,
         goto fail;
     const uint64_t *keys = (const uint64_t *)(map + in.sec[SEC_KEYS].off);
     const run_vref *vrefs = (const run_vref *)(map + in.sec[SEC_VREFS].off);
-    if ((rc = verify_entries(keys, vrefs, in.n, in.value_bytes)) != KV_OK)
+    int64_t same_len;
+    if ((rc = verify_entries(keys, vrefs, in.n, in.value_bytes, &same_len)) != KV_OK)
         goto fail;
     if ((rc = rmi_deserialize(map + in.sec[SEC_MODEL].off, (size_t)in.sec[SEC_MODEL].len,
                               (size_t)in.n, &index)) != KV_OK)
@@ -493,6 +498,10 @@ int snap_load(const char *dir, const char *name, run **out, uint64_t *max_seq,
     r->segs[0] = seg;
     r->nsegs = 1;
     r->file = seg;
+    /* Values of one length lie back to back in key order in the values
+     * section: a fixed run, whatever the length (nothing is copied). */
+    if (same_len >= 0)
+        run_set_fixed(r, (uint32_t)same_len);
 
     *out = r;
     if (max_seq)

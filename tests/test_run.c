@@ -26,12 +26,19 @@ typedef struct {
     uint64_t key;
     int present;
     uint32_t tag;
+    uint32_t len;
 } ref_entry;
 
 static int cmp_ref(const void *a, const void *b)
 {
     uint64_t x = ((const ref_entry *)a)->key, y = ((const ref_entry *)b)->key;
     return x < y ? -1 : x > y;
+}
+
+static void value_fill(uint64_t key, uint32_t tag, size_t len, char *out)
+{
+    for (size_t i = 0; i < len; i++)
+        out[i] = (char)(key * 31 + tag + i);
 }
 
 static size_t value_for(uint64_t key, uint32_t tag, char *out)
@@ -57,10 +64,10 @@ static void check_run_against(const run *r, ref_entry *ref, size_t nref)
             continue;
         }
         assert_int_equal(rc, KV_OK);
-        char want[64];
-        size_t wlen = value_for(ref[i].key, ref[i].tag, want);
-        assert_int_equal(len, wlen);
-        assert_memory_equal(val, want, wlen);
+        char want[256];
+        value_fill(ref[i].key, ref[i].tag, ref[i].len, want);
+        assert_int_equal(len, ref[i].len);
+        assert_memory_equal(val, want, len);
         assert_int_equal(r->keys[live], ref[i].key);
         live++;
     }
@@ -92,6 +99,7 @@ static void test_merge_model(void **state)
             assert_int_equal(buf_put(b, e->key, ++seq, del, val, len), KV_OK);
             e->present = !del;
             e->tag = tag;
+            e->len = (uint32_t)len;
         }
         /* Writes past max_seq must not reach the run. */
         assert_int_equal(buf_put(b, ref[5].key, seq + 1, 1, NULL, 0), KV_OK);
@@ -152,16 +160,126 @@ static void test_lower_bound_and_zero_length(void **state)
     assert_int_equal(len, 0);
     assert_non_null(val);
     assert_int_equal(run_get(r, 505, &val, &len, &probed, &fb), KV_NOTFOUND);
-    assert_true(run_memory(r) >= 100 * (sizeof(uint64_t) + sizeof(run_vref)));
+    /* All values empty: a fixed run of length 0, keys only. */
+    assert_non_null(r->fixed_values);
+    assert_int_equal(r->fixed_len, 0);
+    assert_null(r->vrefs);
+    assert_true(run_memory(r) >= 100 * sizeof(uint64_t));
     buf_free(b);
     run_unref(base);
     run_unref(r);
+}
+
+/* Fold one round of puts (and a few deletes) of len-byte values into
+ * *base; the reference follows. */
+static void fold_round(run **base, ref_entry *ref, size_t nref, size_t len, uint64_t *seq)
+{
+    buf *b;
+    assert_int_equal(buf_new(&b), KV_OK);
+    for (int op = 0; op < 500; op++) {
+        ref_entry *e = &ref[rnd() % nref];
+        int del = rnd() % 8 == 0;
+        char val[256];
+        uint32_t tag = (uint32_t)rnd();
+        value_fill(e->key, tag, len, val);
+        assert_int_equal(buf_put(b, e->key, ++*seq, del, val, len), KV_OK);
+        e->present = !del;
+        e->tag = tag;
+        e->len = (uint32_t)len;
+    }
+    run *next;
+    assert_int_equal(run_merge(*base, b, *seq, &next), KV_OK);
+    buf_free(b);
+    run_unref(*base);
+    *base = next;
+    check_run_against(next, ref, nref);
+}
+
+/* Every value of one length: a fixed run with no references. */
+static void assert_fixed(const run *r, uint32_t len)
+{
+    assert_non_null(r->fixed_values);
+    assert_int_equal(r->fixed_len, len);
+    assert_null(r->vrefs);
+    assert_int_equal(r->nsegs, 1);
+    assert_int_equal(r->segs[0]->len, r->n * len);
+    assert_int_equal(r->value_bytes, r->n * len);
+    assert_true(run_memory(r) < r->n * (sizeof(uint64_t) + sizeof(run_vref)) + r->n * len);
+}
+
+static void test_fixed_runs(void **state)
+{
+    (void)state;
+    enum { KEYS = 2000 };
+    ref_entry *ref = calloc(KEYS, sizeof *ref);
+    for (size_t i = 0; i < KEYS; i++)
+        ref[i].key = rnd();
+    run *base;
+    uint64_t seq = 0;
+    assert_int_equal(run_new_empty(&base), KV_OK);
+    for (int round = 0; round < 3; round++) {
+        fold_round(&base, ref, KEYS, 16, &seq);
+        assert_fixed(base, 16);
+    }
+    /* Overwriting every live key with 7-byte values, in two folds: mixed
+     * lengths in between (a run with references, reading the fixed base's
+     * values in place), one length again after. */
+    buf *b;
+    assert_int_equal(buf_new(&b), KV_OK);
+    for (size_t i = 0; i < KEYS / 2; i++) {
+        char val[8];
+        value_fill(ref[i].key, 1, 7, val);
+        assert_int_equal(buf_put(b, ref[i].key, ++seq, !ref[i].present, val, 7), KV_OK);
+        ref[i].tag = 1;
+        ref[i].len = 7;
+    }
+    run *mixed;
+    assert_int_equal(run_merge(base, b, seq, &mixed), KV_OK);
+    buf_free(b);
+    assert_null(mixed->fixed_values);
+    assert_non_null(mixed->vrefs);
+    assert_ptr_equal(mixed->segs[0], base->segs[0]); /* shared, not copied */
+    run_unref(base);
+    check_run_against(mixed, ref, KEYS);
+    assert_int_equal(buf_new(&b), KV_OK);
+    for (size_t i = KEYS / 2; i < KEYS; i++) {
+        char val[8];
+        value_fill(ref[i].key, 1, 7, val);
+        assert_int_equal(buf_put(b, ref[i].key, ++seq, !ref[i].present, val, 7), KV_OK);
+        ref[i].tag = 1;
+        ref[i].len = 7;
+    }
+    assert_int_equal(run_merge(mixed, b, seq, &base), KV_OK);
+    buf_free(b);
+    run_unref(mixed);
+    check_run_against(base, ref, KEYS);
+    assert_fixed(base, 7);
+
+    /* Compaction keeps a fixed run fixed. */
+    run *compacted;
+    assert_int_equal(run_compact(base, &compacted), KV_OK);
+    assert_fixed(compacted, 7);
+    check_run_against(compacted, ref, KEYS);
+    run_unref(compacted);
+
+    /* Long values of one length keep references: a fold would copy them
+     * all. */
+    for (size_t i = 0; i < KEYS; i++)
+        ref[i].present = 0;
+    run_unref(base);
+    assert_int_equal(run_new_empty(&base), KV_OK);
+    fold_round(&base, ref, KEYS, 200, &seq);
+    assert_null(base->fixed_values);
+    assert_non_null(base->vrefs);
+    run_unref(base);
+    free(ref);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_merge_model),
+        cmocka_unit_test(test_fixed_runs),
         cmocka_unit_test(test_lower_bound_and_zero_length),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

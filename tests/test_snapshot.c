@@ -342,6 +342,16 @@ static void check_mapped_run(const run *r, const uint64_t *keys, size_t n, len_f
     }
     assert_int_equal(r->value_bytes, total);
     assert_int_equal(r->segs[0]->len, total);
+    /* Values of one length load as a fixed run, read without references. */
+    int one_len = n > 0;
+    for (size_t i = 1; i < n && one_len; i++)
+        one_len = vlen(i, n) == vlen(0, n);
+    if (one_len) {
+        assert_ptr_equal(r->fixed_values, r->segs[0]->data);
+        assert_int_equal(r->fixed_len, vlen(0, n));
+    } else {
+        assert_null(r->fixed_values);
+    }
     if (n == 0) {
         const void *val;
         size_t len;
