@@ -249,12 +249,14 @@ static buf_table *table_new(buf *b, size_t slots)
 
 /* Put node in a table not yet visible to readers (relaxed suffices: the
  * release store of b->table publishes it). */
-static void table_fill(buf_table *t, uint64_t seed, buf_node *n)
+/* key is n's key, passed in so that rehashing reads it from the old slot
+ * rather than from the node (a cache miss each). */
+static void table_fill(buf_table *t, uint64_t seed, uint64_t key, buf_node *n)
 {
-    size_t i = (size_t)buf_hash(seed, n->key) & t->mask;
+    size_t i = (size_t)buf_hash(seed, key) & t->mask;
     while (atomic_load_explicit(&t->slots[i].node, memory_order_relaxed))
         i = (i + 1) & t->mask;
-    t->slots[i].key = n->key;
+    t->slots[i].key = key;
     atomic_store_explicit(&t->slots[i].node, n, memory_order_relaxed);
 }
 
@@ -285,7 +287,7 @@ static buf_table *table_grow(buf *b, buf_table *old)
     for (size_t i = 0; i <= old->mask; i++) {
         buf_node *n = atomic_load_explicit(&old->slots[i].node, memory_order_relaxed);
         if (n)
-            table_fill(t, b->seed, n);
+            table_fill(t, b->seed, old->slots[i].key, n);
     }
     t->older = old;
     return t;
@@ -566,7 +568,7 @@ int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *
     else
         link_node(b, node);
     if (grown) {
-        table_fill(grown, b->seed, node);
+        table_fill(grown, b->seed, key, node);
         atomic_store_explicit(&b->table, grown, memory_order_release);
     } else {
         t->slots[slot].key = key;
@@ -598,7 +600,7 @@ int buf_reserve(buf *b, uint64_t nkeys)
     for (size_t i = 0; i <= t->mask; i++) {
         buf_node *n = atomic_load_explicit(&t->slots[i].node, memory_order_relaxed);
         if (n)
-            table_fill(grown, b->seed, n);
+            table_fill(grown, b->seed, t->slots[i].key, n);
     }
     grown->older = t;
     atomic_store_explicit(&b->table, grown, memory_order_release);
