@@ -114,7 +114,8 @@ static uint64_t check_run(const run *r)
         if (i)
             CHECK(r->keys[i] > r->keys[i - 1], "keys not strictly ascending at %llu",
                   (unsigned long long)i);
-        const run_vref *v = &r->vrefs[i];
+        const run_vref vr = run_vref_at(r, i); /* a fixed run has no vrefs */
+        const run_vref *v = &vr;
         CHECK(v->seg < r->nsegs, "value %llu names segment %u of %u", (unsigned long long)i,
               v->seg, r->nsegs);
         const run_seg *sg = r->segs[v->seg];

@@ -260,7 +260,8 @@ static void check_run(checker *ck, const char *name, const run *r, uint64_t *mod
                         "absent key %" PRIu64 ": the index gives position %zu, not %" PRIu64, gap, at,
                         i + 1);
         }
-        const run_vref *v = &r->vrefs[i];
+        const run_vref vr = run_vref_at(r, i);
+        const run_vref *v = &vr;
         if (v->seg >= r->nsegs || v->off > r->segs[v->seg]->len ||
             v->len > r->segs[v->seg]->len - v->off) {
             if (bad++ < 5)
