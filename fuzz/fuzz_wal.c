@@ -416,6 +416,11 @@ static void run_built(const uint8_t *data, size_t size)
         want_torn = size_now != (keep ? recs[keep - 1].end : WAL_HEADER_SIZE);
         if (size_now < WAL_HEADER_SIZE)
             want_torn = 1;
+        /* A cut that leaves only zero bytes after the last whole record
+         * (a record whose first bytes are zero) looks exactly like the space
+         * the writer reserves ahead of its writes: the log's clean end. */
+        else if (want_torn && zeros_from(keep ? recs[keep - 1].end : WAL_HEADER_SIZE))
+            want_torn = 0;
     } else if (damaged_rec >= 0) {
         keep = (size_t)damaged_rec;
         want_torn = 1;
