@@ -639,6 +639,12 @@ void buf_prefetch(const buf *b, uint64_t key)
 
 int buf_get(const buf *b, uint64_t key, uint64_t max_seq, const void **val, size_t *len)
 {
+    /* An empty buffer (the usual state right after a fold) answers without
+     * touching its table. The count is raised after a key's node is
+     * published, and a reader loads visible_seq (released after both)
+     * before calling: every key it may see is already counted. */
+    if (atomic_load_explicit(&b->nkeys, memory_order_relaxed) == 0)
+        return BUF_ABSENT;
     const buf_table *t =
         atomic_load_explicit(&b->table, memory_order_acquire);
     const buf_node *n = table_find(t, b->seed, key, NULL);

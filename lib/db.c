@@ -860,9 +860,9 @@ static int freeze_active(kv_db *db, uint64_t *frozen_seq)
     buf *b;
     if (buf_new(&b) != KV_OK)
         return KV_ENOMEM;
-    /* Sized for a whole fold's worth of keys up front: growing by doubling
-     * would rehash every key about twice. Only a speed-up if it fails. */
-    (void)buf_reserve(b, db->fold_threshold);
+    /* The new buffer's table starts small and grows with its keys: every
+     * get probes it first, so a table sized for a whole fold up front would
+     * cost each get a cache miss while the buffer is nearly empty. */
     ver_buf *nb = ver_buf_new(b);
     if (!nb) {
         buf_free(b);
