@@ -63,7 +63,7 @@ TEST_SRCS := $(wildcard tests/test_*.c)
 TEST_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TEST_SRCS))
 TEST_HDRS := $(wildcard tests/*.h)
 # The tests ThreadSanitizer runs; a name that matches no file is skipped.
-TSAN_TESTS := $(sort $(wildcard tests/test_*thread*.c tests/test_buffer.c tests/test_wal.c tests/test_db_threads.c))
+TSAN_TESTS := $(sort $(wildcard tests/test_*thread*.c tests/test_buffer.c tests/test_wal.c tests/test_db_threads.c tests/test_version.c))
 TSAN_BINS := $(patsubst tests/%.c,$(BUILD)/tests/%,$(TSAN_TESTS))
 
 EXAMPLE_SRCS := $(wildcard examples/*.c)

@@ -80,8 +80,8 @@ static void path_join(char *out, size_t cap, const char *dir, const char *name)
 
 /* ---- Reads through a version --------------------------------------- */
 
-static int lookup_counted(const ver *v, uint64_t seq, uint64_t key, const void **val,
-                          size_t *len, ver_stripe *st)
+int db_lookup(const ver *v, uint64_t seq, uint64_t key, const void **val, size_t *len,
+              ver_stripe *st)
 {
     int s = buf_get(v->active->b, key, seq, val, len);
     if (s == BUF_ABSENT && v->frozen)
@@ -93,19 +93,11 @@ static int lookup_counted(const ver *v, uint64_t seq, uint64_t key, const void *
     size_t probed = 0;
     int fallback = 0;
     int rc = run_get(v->base, key, val, len, &probed, &fallback);
-    if (st) {
-        ver_stat_add(st, &st->probed, probed);
-        ver_stat_add(st, &st->lookups, 1);
-        if (fallback)
-            ver_stat_add(st, &st->fallbacks, 1);
-    }
+    ver_stat_add(st, &st->probed, probed);
+    ver_stat_add(st, &st->lookups, 1);
+    if (fallback)
+        ver_stat_add(st, &st->fallbacks, 1);
     return rc;
-}
-
-int db_lookup(kv_db *db, const ver *v, uint64_t seq, uint64_t key, const void **val,
-              size_t *len)
-{
-    return lookup_counted(v, seq, key, val, len, ver_my_stripe(&db->vd));
 }
 
 /* ---- The write path ------------------------------------------------ */

@@ -61,9 +61,11 @@ struct kv_db {
     int bg_kick;
 };
 
-/* Newest state of key as seen through version v at sequence seq. */
-int db_lookup(kv_db *db, const ver *v, uint64_t seq, uint64_t key, const void **val,
-              size_t *len);
+/* Newest state of key as seen through version v at sequence seq, newest
+ * layer first; the base lookup is counted on stripe st (the caller's own,
+ * see ver_token_stripe). */
+int db_lookup(const ver *v, uint64_t seq, uint64_t key, const void **val, size_t *len,
+              ver_stripe *st);
 
 /* Apply one batch payload (the WAL_BATCH encoding) to the active buffer at
  * seq; caller holds wlock (or is recovering). */

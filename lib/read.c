@@ -16,22 +16,17 @@
 
 #include "db.h"
 
-static void count_get(kv_db *db)
-{
-    ver_stripe *st = ver_my_stripe(&db->vd);
-    ver_stat_add(st, &st->gets, 1);
-}
-
 int kv_get(kv_db *db, uint64_t key, void *buf, size_t cap, size_t *len)
 {
     if (!db || !len || (!buf && cap))
         return KV_EINVAL;
     unsigned tok = ver_pin(&db->vd);
+    ver_stripe *st = ver_token_stripe(&db->vd, tok);
     const ver *v = ver_current(&db->vd);
     uint64_t seq = atomic_load_explicit(&db->visible_seq, memory_order_acquire);
     const void *val;
     size_t vlen;
-    int rc = db_lookup(db, v, seq, key, &val, &vlen);
+    int rc = db_lookup(v, seq, key, &val, &vlen, st);
     if (rc == KV_OK) {
         *len = vlen;
         if (vlen > cap)
@@ -39,8 +34,8 @@ int kv_get(kv_db *db, uint64_t key, void *buf, size_t cap, size_t *len)
         else if (vlen)
             memcpy(buf, val, vlen);
     }
+    ver_stat_add(st, &st->gets, 1);
     ver_unpin(&db->vd, tok);
-    count_get(db);
     return rc;
 }
 
@@ -49,11 +44,12 @@ int kv_get_alloc(kv_db *db, uint64_t key, void **out, size_t *len)
     if (!db || !out || !len)
         return KV_EINVAL;
     unsigned tok = ver_pin(&db->vd);
+    ver_stripe *st = ver_token_stripe(&db->vd, tok);
     const ver *v = ver_current(&db->vd);
     uint64_t seq = atomic_load_explicit(&db->visible_seq, memory_order_acquire);
     const void *val;
     size_t vlen;
-    int rc = db_lookup(db, v, seq, key, &val, &vlen);
+    int rc = db_lookup(v, seq, key, &val, &vlen, st);
     if (rc == KV_OK) {
         void *copy = malloc(vlen ? vlen : 1);
         if (!copy) {
@@ -65,8 +61,8 @@ int kv_get_alloc(kv_db *db, uint64_t key, void **out, size_t *len)
             *len = vlen;
         }
     }
+    ver_stat_add(st, &st->gets, 1);
     ver_unpin(&db->vd, tok);
-    count_get(db);
     return rc;
 }
 
@@ -101,8 +97,9 @@ int kv_view_get(kv_view *vw, uint64_t key, const void **val, size_t *len)
 {
     if (!vw || !val || !len)
         return KV_EINVAL;
-    count_get(vw->db);
-    return db_lookup(vw->db, vw->v, vw->seq, key, val, len);
+    ver_stripe *st = ver_my_stripe(&vw->db->vd);
+    ver_stat_add(st, &st->gets, 1);
+    return db_lookup(vw->v, vw->seq, key, val, len, st);
 }
 
 void kv_view_close(kv_view *vw)

@@ -8,8 +8,24 @@
  * writer). ver_synchronize flips the parity and waits until every stripe's
  * pins[old] is zero: a reader that registered under the old parity has
  * unpinned, and any later reader loads the current pointer after the flip,
- * so it cannot see what was retired before. All of it is sequentially
- * consistent atomics; reclaimers are serialised by sync_lock.
+ * so it cannot see what was retired before. Reclaimers are serialised by
+ * sync_lock.
+ *
+ * Fences. The reader's increment and its re-read of the parity are a store
+ * then a load to another address, which x86 (and every weaker model) may
+ * reorder unless a full fence sits between them, and a locked instruction
+ * per pin and unpin also stops the CPU from overlapping one get's cache
+ * misses with the next one's. Where the kernel offers membarrier(2)
+ * (MEMBARRIER_CMD_PRIVATE_EXPEDITED, Linux 4.14), the fence moves to the
+ * reclaimer, as in userspace RCU's "memb" flavour: a reader on a stripe it
+ * owns updates its counters with plain loads and stores, and ver_synchronize
+ * calls membarrier between the flip and the scan. membarrier returns only
+ * after every running thread of the process has executed a full barrier
+ * (a thread that is not running passed one when it was switched out). For
+ * a reader that barrier falls either before its increment, and then its
+ * re-read sees the flip and it retries, or after it, and then the scan
+ * sees the increment and waits. Without membarrier (or on the shared
+ * stripe) readers use sequentially consistent read-modify-writes as before.
  *
  * Versions are reference counted: the domain holds one for the current
  * version, each view one more. The count reaching zero only queues the
@@ -20,6 +36,11 @@
 
 #include <sched.h>
 #include <stdlib.h>
+#ifdef __linux__
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 /*
  * Stripe ownership is process-wide: a thread claims a free stripe index (a
@@ -35,12 +56,53 @@ static atomic_uint_least32_t stripes_owned;
 static pthread_key_t stripe_key;
 static pthread_once_t stripe_once = PTHREAD_ONCE_INIT;
 static int stripe_key_ok;
-static _Thread_local unsigned my_stripe_plus1; /* 0 = not chosen yet */
+_Thread_local unsigned ver_my_stripe_plus1 __attribute__((tls_model("initial-exec")));
 
 static void stripe_release(void *idx_plus1)
 {
     unsigned idx = (unsigned)(uintptr_t)idx_plus1 - 1;
+    /* A read later in this thread's exit (another key's destructor) must
+     * not touch the stripe the next thread may claim: from here on this
+     * thread uses the shared stripe, whose pins are atomic. */
+    ver_my_stripe_plus1 = SHARED_STRIPE + 1;
     atomic_fetch_and(&stripes_owned, ~((uint_least32_t)1 << idx));
+}
+
+/* ---- membarrier ---- */
+
+static atomic_int membarrier_wanted = 1;
+static pthread_once_t membarrier_once = PTHREAD_ONCE_INIT;
+static int membarrier_ok;
+
+static void membarrier_register(void)
+{
+#if defined(__linux__) && defined(SYS_membarrier)
+    long cmds = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+        syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0)
+        membarrier_ok = 1;
+#endif
+}
+
+/* A full barrier on every running thread of the process. */
+static void membarrier_all(void)
+{
+#if defined(__linux__) && defined(SYS_membarrier)
+    /* Its failures are an unknown command (ENOSYS, EINVAL) or a process
+     * that did not register (EPERM); registration succeeded before any
+     * domain turned asym on, so none of them can happen here. */
+    (void)syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+#endif
+}
+
+void ver_set_membarrier(int enabled)
+{
+    atomic_store(&membarrier_wanted, enabled != 0);
+}
+
+int ver_domain_asymmetric(const ver_domain *d)
+{
+    return d->asym;
 }
 
 static void stripe_key_init(void)
@@ -67,16 +129,11 @@ static unsigned claim_stripe(void)
     return SHARED_STRIPE;
 }
 
-static unsigned stripe_index(void)
+unsigned ver_claim_stripe(void)
 {
-    if (my_stripe_plus1 == 0)
-        my_stripe_plus1 = claim_stripe() + 1;
-    return my_stripe_plus1 - 1;
-}
-
-ver_stripe *ver_my_stripe(ver_domain *d)
-{
-    return &d->stripes[stripe_index()];
+    if (ver_my_stripe_plus1 == 0)
+        ver_my_stripe_plus1 = claim_stripe() + 1;
+    return ver_my_stripe_plus1 - 1;
 }
 
 int ver_domain_init(ver_domain *d, ver *initial)
@@ -84,6 +141,8 @@ int ver_domain_init(ver_domain *d, ver *initial)
     atomic_init(&d->current, initial);
     atomic_init(&d->parity, 0);
     atomic_init(&d->retired, NULL);
+    pthread_once(&membarrier_once, membarrier_register);
+    d->asym = membarrier_ok && atomic_load(&membarrier_wanted);
     for (unsigned i = 0; i < VER_STRIPES; i++) {
         ver_stripe *s = &d->stripes[i];
         atomic_init(&s->pins[0], 0);
@@ -98,9 +157,8 @@ int ver_domain_init(ver_domain *d, ver *initial)
     return pthread_mutex_init(&d->sync_lock, NULL) == 0 ? 0 : -1;
 }
 
-unsigned ver_pin(ver_domain *d)
+unsigned ver_pin_fenced(ver_domain *d, unsigned s)
 {
-    unsigned s = stripe_index();
     for (;;) {
         unsigned p = atomic_load(&d->parity) & 1;
         atomic_fetch_add(&d->stripes[s].pins[p], 1);
@@ -110,15 +168,12 @@ unsigned ver_pin(ver_domain *d)
     }
 }
 
-void ver_unpin(ver_domain *d, unsigned token)
-{
-    atomic_fetch_sub_explicit(&d->stripes[token >> 1].pins[token & 1], 1, memory_order_release);
-}
-
 void ver_synchronize(ver_domain *d)
 {
     pthread_mutex_lock(&d->sync_lock);
     unsigned old = atomic_fetch_add(&d->parity, 1) & 1;
+    if (d->asym)
+        membarrier_all();
     for (unsigned i = 0; i < VER_STRIPES; i++) {
         while (atomic_load(&d->stripes[i].pins[old]) != 0)
             sched_yield();

@@ -3,7 +3,8 @@
  *
  * A version is an immutable triple {active buffer, frozen buffer, base run}.
  * The current version is one atomic pointer. A reader pins the domain (an
- * increment on a per-thread stripe counter, no lock, no waiting), loads the
+ * increment on a per-thread stripe counter: no lock, no waiting, and where
+ * the kernel offers membarrier(2) no fence or locked instruction), loads the
  * current version and uses it; writers publish a new version with one atomic
  * exchange and free what they replaced only after every reader that could
  * still see it has unpinned (ver_synchronize, an RCU-style grace period).
@@ -60,24 +61,79 @@ static inline void ver_stat_add(ver_stripe *s, atomic_uint_fast64_t *c, uint64_t
 typedef struct ver_domain {
     _Atomic(ver *) current;
     atomic_uint parity;
+    int asym; /* fence-free readers, membarrier in ver_synchronize (see version.c) */
     _Atomic(ver *) retired; /* versions whose last reference went away */
     pthread_mutex_t sync_lock;
     ver_stripe stripes[VER_STRIPES];
 } ver_domain;
 
 int ver_domain_init(ver_domain *d, ver *initial);
+/* Test hook: 0 makes domains initialised afterwards use fenced readers even
+ * where membarrier works; 1 (the default) uses membarrier where it works. */
+void ver_set_membarrier(int enabled);
+/* Whether d's readers run without fences (membarrier registered). */
+int ver_domain_asymmetric(const ver_domain *d);
 /* Frees the current version and everything retired; no reader may remain. */
 void ver_domain_destroy(ver_domain *d);
 
-/* Reader side: lock-free. ver_pin returns a token for ver_unpin; between the
- * two, ver_current's result and everything it points to stays valid. */
-unsigned ver_pin(ver_domain *d);
-void ver_unpin(ver_domain *d, unsigned token);
+/* The calling thread's stripe index plus one; 0 until it first needs one.
+ * initial-exec: a plain %fs-relative load, also inside the shared library
+ * (a call to __tls_get_addr otherwise). */
+extern _Thread_local unsigned ver_my_stripe_plus1 __attribute__((tls_model("initial-exec")));
+unsigned ver_claim_stripe(void); /* first use on a thread: claim and remember one */
+static inline unsigned ver_stripe_index(void)
+{
+    unsigned s = ver_my_stripe_plus1;
+    return s ? s - 1 : ver_claim_stripe();
+}
+static inline ver_stripe *ver_my_stripe(ver_domain *d)
+{
+    return &d->stripes[ver_stripe_index()];
+}
+
+/* Reader side: lock-free. ver_pin returns a token for ver_unpin, which the
+ * same thread must call; between the two, ver_current's result and
+ * everything it points to stays valid. Pins nest. The fast path (membarrier
+ * domain, a stripe of the thread's own) is inline; the rest is
+ * ver_pin_fenced. */
+unsigned ver_pin_fenced(ver_domain *d, unsigned stripe);
+static inline unsigned ver_pin(ver_domain *d)
+{
+    unsigned s = ver_stripe_index();
+    ver_stripe *st = &d->stripes[s];
+    if (!d->asym || st->shared)
+        return ver_pin_fenced(d, s);
+    for (;;) {
+        unsigned p = atomic_load_explicit(&d->parity, memory_order_relaxed) & 1;
+        uint_fast64_t n = atomic_load_explicit(&st->pins[p], memory_order_relaxed);
+        atomic_store_explicit(&st->pins[p], n + 1, memory_order_relaxed);
+        /* Keeps the compiler from moving the re-read above the store; the
+         * CPU's side is ver_synchronize's membarrier (version.c). */
+        atomic_signal_fence(memory_order_seq_cst);
+        if ((atomic_load_explicit(&d->parity, memory_order_acquire) & 1) == p)
+            return s << 1 | p;
+        atomic_store_explicit(&st->pins[p], n, memory_order_relaxed);
+    }
+}
+static inline void ver_unpin(ver_domain *d, unsigned token)
+{
+    ver_stripe *st = &d->stripes[token >> 1];
+    atomic_uint_fast64_t *pin = &st->pins[token & 1];
+    if (d->asym && !st->shared)
+        atomic_store_explicit(pin, atomic_load_explicit(pin, memory_order_relaxed) - 1,
+                              memory_order_release);
+    else
+        atomic_fetch_sub_explicit(pin, 1, memory_order_release);
+}
+/* The stripe a pin's token counts on (the pinning thread's own). */
+static inline ver_stripe *ver_token_stripe(ver_domain *d, unsigned token)
+{
+    return &d->stripes[token >> 1];
+}
 static inline ver *ver_current(ver_domain *d)
 {
     return atomic_load_explicit(&d->current, memory_order_acquire);
 }
-ver_stripe *ver_my_stripe(ver_domain *d);
 
 /* A counted reference to the current version (views). Lock-free. */
 ver *ver_acquire(ver_domain *d);

@@ -12,6 +12,12 @@
 #include "kyro.h"
 #include "version.h"
 
+#ifdef __linux__
+#include <linux/membarrier.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 static run *new_run(void)
 {
     run *r;
@@ -199,14 +205,122 @@ static void test_concurrent_publish_and_reclaim(void **state)
     ver_domain_destroy(&d);
 }
 
+/* Nested pins on one thread, and pins from more threads than there are
+ * owned stripes (the extra ones share the last stripe, atomically): every
+ * grace period still waits for each of them. */
+typedef struct {
+    ver_domain *d;
+    atomic_int go, pinned, release;
+} many_ctx;
+
+static void *pin_twice_and_hold(void *arg)
+{
+    many_ctx *c = arg;
+    unsigned t1 = ver_pin(c->d);
+    unsigned t2 = ver_pin(c->d);
+    atomic_fetch_add(&c->pinned, 1);
+    while (!atomic_load(&c->release))
+        sched_yield();
+    ver_unpin(c->d, t2);
+    ver_unpin(c->d, t1);
+    return NULL;
+}
+
+typedef struct {
+    ver_domain *d;
+    atomic_int done;
+} sync_ctx;
+
+static void *synchronize_once(void *arg)
+{
+    sync_ctx *c = arg;
+    ver_synchronize(c->d);
+    atomic_store(&c->done, 1);
+    return NULL;
+}
+
+#define MANY_READERS (VER_STRIPES + 8)
+
+static void test_grace_period_waits_for_every_stripe(void **state)
+{
+    (void)state;
+    ver_domain d;
+    ver_domain_init(&d, new_version(NULL));
+    many_ctx c = {.d = &d};
+    pthread_t t[MANY_READERS];
+    for (int i = 0; i < MANY_READERS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, pin_twice_and_hold, &c), 0);
+    while (atomic_load(&c.pinned) < MANY_READERS)
+        sched_yield();
+    sync_ctx sc = {.d = &d};
+    pthread_t st;
+    pthread_create(&st, NULL, synchronize_once, &sc);
+    struct timespec ts = {0, 20 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    assert_int_equal(atomic_load(&sc.done), 0);
+    atomic_store(&c.release, 1);
+    for (int i = 0; i < MANY_READERS; i++)
+        pthread_join(t[i], NULL);
+    pthread_join(st, NULL);
+    assert_int_equal(atomic_load(&sc.done), 1);
+    for (unsigned i = 0; i < VER_STRIPES; i++) {
+        assert_int_equal(atomic_load(&d.stripes[i].pins[0]), 0);
+        assert_int_equal(atomic_load(&d.stripes[i].pins[1]), 0);
+    }
+    ver_domain_destroy(&d);
+}
+
+/* Where the kernel offers private expedited membarrier, readers use it. */
+static void test_membarrier_used_where_offered(void **state)
+{
+    (void)state;
+    int offered = 0;
+#if defined(__linux__) && defined(SYS_membarrier)
+    long cmds = syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    offered = cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED);
+#endif
+    ver_domain d;
+    ver_domain_init(&d, new_version(NULL));
+    assert_int_equal(ver_domain_asymmetric(&d), offered);
+    ver_domain_destroy(&d);
+}
+
+/* The same tests again with fenced readers (as where membarrier is not
+ * available), so both reader paths are exercised on every machine. */
+static int use_fences(void **state)
+{
+    (void)state;
+    ver_set_membarrier(0);
+    return 0;
+}
+
+static void test_fenced_readers_when_asked(void **state)
+{
+    (void)state;
+    ver_domain d;
+    ver_domain_init(&d, new_version(NULL));
+    assert_int_equal(ver_domain_asymmetric(&d), 0);
+    ver_domain_destroy(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_membarrier_used_where_offered),
         cmocka_unit_test(test_pin_sees_current),
         cmocka_unit_test(test_view_reference_keeps_version),
         cmocka_unit_test(test_shared_parts_survive),
         cmocka_unit_test(test_synchronize_waits_for_pinned_reader),
         cmocka_unit_test(test_concurrent_publish_and_reclaim),
+        cmocka_unit_test(test_grace_period_waits_for_every_stripe),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    const struct CMUnitTest fenced[] = {
+        cmocka_unit_test(test_fenced_readers_when_asked),
+        cmocka_unit_test(test_synchronize_waits_for_pinned_reader),
+        cmocka_unit_test(test_concurrent_publish_and_reclaim),
+        cmocka_unit_test(test_grace_period_waits_for_every_stripe),
+    };
+    int failed = cmocka_run_group_tests_name("membarrier readers (where available)", tests, NULL, NULL);
+    failed += cmocka_run_group_tests_name("fenced readers", fenced, use_fences, NULL);
+    return failed;
 }
