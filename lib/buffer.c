@@ -1,30 +1,54 @@
 /*
- * buffer.c — the write buffer: a skiplist of keys (ordered scans) plus an
- * open-addressing hash index key -> node (point lookups); each node holds a
- * chain of versions, newest first. One writer, any number of lock-free readers.
+ * buffer.c — the write buffer: an open-addressing hash index key -> node
+ * (point lookups) and an ordered index of sorted runs (scans, folds); each
+ * node holds a chain of versions, newest first. One writer, any number of
+ * lock-free readers.
+ *
+ * The ordered index is an "order": up to BUF_MAX_RUNS immutable sorted runs
+ * of (key, node) entries plus a tail that the writer appends new keys to.
+ * Every key is in exactly one place (one run, or the tail). Keys arrive in
+ * ascending stretches (a batch is applied in key order) or at random (single
+ * puts); the tail takes either, but is flushed into a run once it holds
+ * BUF_TAIL_UNSORTED entries out of order, so a reader never sorts more than
+ * that. A flush publishes a new order: the old runs, the tail as a new run,
+ * and runs merged while the one before the last is at most twice the last
+ * (so sizes fall by more than half from run to run: O(log n) runs, and each
+ * entry is copied O(log n) times, by sequential merges rather than the
+ * cache miss per level of a linked structure).
  *
  * Owns: every node, version and value byte (bump arenas of chunks growing to
- * 1 MiB; a value over BUF_BIG gets a dedicated allocation), the skiplist head
- * and every hash table it ever published (the live one and all its smaller
- * predecessors, together < 2x the live one). Nothing is freed or moved before
- * buf_free, so any pointer a reader ever loads stays valid, and no address is
- * ever reused (no ABA).
+ * 1 MiB; a value over BUF_BIG gets a dedicated allocation), every hash table
+ * it ever published (the live one and all its smaller predecessors, together
+ * < 2x the live one), the current order and the orders it replaced. Nodes,
+ * versions, values and tables are never freed or moved before buf_free, so
+ * any pointer a reader loads from them stays valid, and no address is ever
+ * reused (no ABA).
  *
- * Invariants: level 0 holds each key once, strictly ascending, and level i is
- * a sub-list of level i-1; every node is in the live table exactly once; the
- * live table is at most half full, so every probe sequence reaches an empty
- * (NULL) slot; a slot, once it holds a node, never changes; a published
- * version never changes, and a chain is newest first in non-increasing seq.
+ * Orders are reclaimed while the buffer lives: an iterator holds a counted
+ * reference on the order it walks, taken while its thread is pinned in the
+ * owner's grace-period domain; once the writer's replaced orders hold as many
+ * bytes as the live one, it runs the owner's grace function (see
+ * buf_set_grace) and frees the replaced orders nobody references. Without a
+ * grace function they stay until buf_free.
+ *
+ * Invariants: every node is in the live table exactly once and in the
+ * current order exactly once; runs are strictly ascending; the tail is
+ * ascending before index tail_unsorted, and an unsorted tail has at most
+ * BUF_TAIL_UNSORTED entries; the live table is at most half full, so every
+ * probe sequence reaches an empty (NULL) slot; a slot, once it holds a node,
+ * never changes; a published version never changes, and a chain is newest
+ * first in non-increasing seq.
  *
  * Memory ordering: the writer fully initialises an object (a node with its
- * first version and its next[] links; a version with its older link; a table
- * with all its slots) and only then makes it reachable with one release store
- * (prev->next[i], bottom-up; slot.node; node->newest; b->table). Readers reach
- * every object only through acquire loads of those fields, so the object's
- * initialisation happens-before anything they read from it. A reader on a
- * stale table or a stale link misses only keys inserted concurrently: a
- * reader that acquired a published max_seq afterwards loads a table and links
- * at least as new as those the writer had made when it published that seq.
+ * first version; a version with its older link; a table with all its slots;
+ * a run and the order listing it; a tail entry) and only then makes it
+ * reachable with one release store (slot.node; node->newest; b->table;
+ * b->order; tail_len). Readers reach every object only through acquire
+ * loads of those fields, so its initialisation happens-before anything they
+ * read from it. A reader on a stale table or order misses only keys inserted
+ * concurrently: a reader that acquired a published max_seq afterwards loads
+ * a table and an order at least as new as those the writer had when it
+ * published that seq.
  */
 #include "buffer.h"
 
@@ -38,14 +62,17 @@
 #include "os.h"
 #include "sort.h"
 
-#define BUF_MAX_HEIGHT 16                   /* branching 4: ample for 2^32 keys */
 #define BUF_CHUNK_MIN ((size_t)4 << 10)     /* first arena chunk */
-#define BUF_CHUNK_MAX ((size_t)1 << 20)     /* chunks double up to this */
+#define BUF_CHUNK_MAX ((size_t)4 << 20)     /* chunks double up to this */
 #define BUF_BIG (BUF_CHUNK_MAX / 4)         /* larger requests: own allocation */
 #define BUF_TABLE_MIN 64                    /* slots in a new buffer's table */
+#define BUF_TAIL_MIN 32                     /* smallest tail capacity */
+#define BUF_TAIL_MAX 4096                   /* largest (a sorted stretch grows it) */
+#define BUF_GC_MIN ((size_t)1 << 20)        /* replaced bytes worth a grace period */
 
 _Static_assert(ATOMIC_POINTER_LOCK_FREE == 2, "lock-free atomic pointers required");
 _Static_assert(KV_MAX_VALUE <= UINT32_MAX, "value length is stored in 32 bits");
+_Static_assert(BUF_TAIL_UNSORTED <= BUF_TAIL_MIN, "an unsorted tail fits the smallest tail");
 
 /* One version of a key. Immutable once published. val is NULL only for a
  * tombstone; a 0-byte value points at buf_empty. */
@@ -57,20 +84,9 @@ typedef struct buf_ver {
     uint32_t tomb;
 } buf_ver;
 
-/* A skiplist link. next_key copies the key of the node it points to, for
- * the writer only: its search decides whether to step forward without
- * touching the next node (a cache miss per rejected step saved). Readers
- * load the pointer and read the key from the node. */
-typedef struct {
-    _Atomic(struct buf_node *) node;
-    uint64_t next_key;
-} buf_link;
-
 typedef struct buf_node {
     uint64_t key;
     _Atomic(const buf_ver *) newest; /* never NULL once published */
-    uint32_t height;
-    buf_link next[]; /* height entries */
 } buf_node;
 
 /* key is written before node is stored (release) and read only after a
@@ -86,6 +102,27 @@ typedef struct buf_table {
     buf_slot slots[];
 } buf_table;
 
+/* A sorted run: entries (key, (uintptr_t)node), strictly ascending keys.
+ * Immutable once an order lists it. refs counts the orders listing it;
+ * only the writer (and buf_free) touch it. */
+typedef struct buf_run {
+    uint32_t refs;
+    size_t len;
+    sort_pair *e;
+} buf_run;
+
+/* The ordered index as published: runs (largest first) and the tail. */
+typedef struct buf_order {
+    atomic_uint_fast32_t refs;        /* 1 while current, 1 per iterator on it */
+    struct buf_order *replaced_next;  /* the writer's list of replaced orders */
+    uint32_t nruns;
+    uint32_t tail_cap;
+    _Atomic size_t tail_len;          /* entries published (release) */
+    _Atomic size_t tail_unsorted;     /* first entry below its predecessor, or SIZE_MAX */
+    buf_run *runs[BUF_MAX_RUNS];
+    sort_pair tail[];                 /* tail_cap entries */
+} buf_order;
+
 typedef struct buf_chunk {
     struct buf_chunk *next;
     size_t size;
@@ -100,28 +137,23 @@ typedef struct {
 } buf_arena;
 
 struct buf {
-    /* Read by readers; written only by buf_new (max_height: rarely). */
+    /* Read by readers; written by the writer on a new table or order. */
     _Atomic(buf_table *) table;
-    buf_node *head;
+    _Atomic(buf_order *) order;
     uint64_t seed;
-    atomic_int max_height;
     unsigned char pad_[64]; /* keep the counters below off the readers' line */
     /* Written by the writer on every put; read by any thread (relaxed). */
     _Atomic uint64_t nkeys, nwrites, mem;
     /* Writer only. */
-    buf_node *tail[BUF_MAX_HEIGHT]; /* last node of each level, or head */
-    /* The previous insert's prev[] (with the inserted node on its own
-     * levels) and its key: an insert of a larger key resumes each level's
-     * search there, so ascending runs (sorted batches) skip most of the
-     * walk from the head. finger[0] == NULL until the first insert. */
-    buf_node *finger[BUF_MAX_HEIGHT];
-    uint64_t finger_key;
+    buf_order *replaced;    /* orders replaced, not yet freed */
+    size_t replaced_bytes;
+    void (*grace)(void *ctx);
+    void *grace_ctx;
     /* Between buf_defer_order and buf_finish_order: new keys wait here,
-     * in the hash index only, to be linked in key order in one pass. */
+     * in the hash index only, to be ordered in one sort. */
     int defer;
     sort_pair *pending; /* (key, node pointer) */
     size_t npending, cap_pending;
-    uint64_t rng;
     buf_arena meta, vals;
 };
 
@@ -167,18 +199,20 @@ static inline uint64_t buf_hash(uint64_t seed, uint64_t key)
 
 /* ---- Arenas (writer only) ------------------------------------------ */
 
-/* Chunks and tables come from os_big_alloc: a folded buffer's memory goes
- * back to the system when the buffer is freed. */
-static void *big_alloc(size_t bytes)
+/* Chunks, tables and run entries come from os_big_alloc: a folded
+ * buffer's memory goes back to the block pool for the next buffer. Tables
+ * need zeroed memory (an all-zero slot is empty); the rest is written
+ * before it is read. */
+static void *big_alloc(size_t bytes, int zeroed)
 {
     if (fault_fn && fault_fn(fault_ctx, bytes))
         return NULL;
-    return os_big_alloc(bytes);
+    return zeroed ? os_big_alloc(bytes) : os_big_alloc_raw(bytes);
 }
 
 static buf_chunk *chunk_new(buf *b, buf_arena *a, size_t size)
 {
-    buf_chunk *c = big_alloc(sizeof *c + size);
+    buf_chunk *c = big_alloc(sizeof *c + size, 0);
     if (!c)
         return NULL;
     c->size = size;
@@ -239,7 +273,7 @@ static buf_table *table_new(buf *b, size_t slots)
     /* Zeroed (calloc, or fresh pages): an all-zero lock-free atomic
      * pointer is NULL on every target we build for. */
     size_t bytes = table_bytes(slots);
-    buf_table *t = bytes < OS_BIG_ALLOC ? xcalloc(1, bytes) : big_alloc(bytes);
+    buf_table *t = bytes < OS_BIG_ALLOC ? xcalloc(1, bytes) : big_alloc(bytes, 1);
     if (!t)
         return NULL;
     t->mask = slots - 1;
@@ -293,98 +327,236 @@ static buf_table *table_grow(buf *b, buf_table *old)
     return t;
 }
 
-/* ---- Skiplist ------------------------------------------------------ */
+/* ---- Sorted runs and orders (writer side) ---------------------------- */
 
-static size_t node_bytes(uint32_t height)
+static void mem_sub(buf *b, size_t n)
 {
-    return sizeof(buf_node) + height * sizeof(buf_link);
+    uint64_t m = atomic_load_explicit(&b->mem, memory_order_relaxed);
+    atomic_store_explicit(&b->mem, m - n, memory_order_relaxed);
 }
 
-static uint32_t random_height(buf *b)
+static size_t run_entry_bytes(size_t len)
 {
-    /* xorshift64*: each extra level with probability 1/4 */
-    b->rng ^= b->rng >> 12;
-    b->rng ^= b->rng << 25;
-    b->rng ^= b->rng >> 27;
-    uint64_t r = b->rng * 0x2545f4914f6cdd1dull;
-    uint32_t h = 1;
-    while (h < BUF_MAX_HEIGHT && (r >> 62) == 0) {
-        h++;
-        r <<= 2;
+    return (len ? len : 1) * sizeof(sort_pair);
+}
+
+static buf_run *run_alloc(buf *b, size_t len)
+{
+    buf_run *r = xcalloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->e = big_alloc(run_entry_bytes(len), 0);
+    if (!r->e) {
+        free(r);
+        return NULL;
     }
-    return h;
+    r->len = len;
+    r->refs = 1;
+    mem_add(b, sizeof *r + run_entry_bytes(len));
+    return r;
 }
 
-static const buf_node *load_next(const buf_node *n, int level)
+static void run_unref(buf *b, buf_run *r)
 {
-    return atomic_load_explicit(&n->next[level].node, memory_order_acquire);
-}
-
-/* Reader side: the first node with key >= key, or NULL. */
-static const buf_node *find_ge(const buf *b, uint64_t key)
-{
-    const buf_node *x = b->head;
-    int level = atomic_load_explicit(&b->max_height, memory_order_relaxed) - 1;
-    for (;;) {
-        const buf_node *nx = load_next(x, level);
-        if (nx && nx->key < key)
-            x = nx;
-        else if (level == 0)
-            return nx;
-        else
-            level--;
-    }
-}
-
-/* Writer side: prev[i] = the last node at level i with key < key. Appends
- * past the current maximum (sequential keys) take the tail pointers. */
-static void find_prev(buf *b, uint64_t key, buf_node **prev)
-{
-    if (b->tail[0] == b->head || b->tail[0]->key < key) {
-        memcpy(prev, b->tail, sizeof b->tail);
+    if (--r->refs)
         return;
+    mem_sub(b, sizeof *r + run_entry_bytes(r->len));
+    os_big_free(r->e, run_entry_bytes(r->len));
+    free(r);
+}
+
+/* A run of x and y's entries, merged (their keys are disjoint). */
+static buf_run *run_merge2(buf *b, const buf_run *x, const buf_run *y)
+{
+    buf_run *r = run_alloc(b, x->len + y->len);
+    if (!r)
+        return NULL;
+    const sort_pair *p = x->e, *pe = x->e + x->len, *q = y->e, *qe = y->e + y->len;
+    sort_pair *o = r->e;
+    while (p < pe && q < qe) {
+        /* Branch-free: which side is smaller is a coin toss for random keys. */
+        int take_p = p->key < q->key;
+        *o++ = take_p ? *p : *q;
+        p += take_p;
+        q += !take_p;
     }
-    int top = atomic_load_explicit(&b->max_height, memory_order_relaxed);
-    buf_node *x = b->head;
-    int resume = b->finger[0] && b->finger_key < key;
-    for (int i = BUF_MAX_HEIGHT - 1; i >= 0; i--) {
-        if (i < top) {
-            /* Both x and finger[i] are level-i nodes below key: start from
-             * whichever is further along. */
-            buf_node *f = resume ? b->finger[i] : b->head;
-            if (f != b->head && (x == b->head || f->key > x->key))
-                x = f;
-            for (;;) {
-                buf_node *nx = atomic_load_explicit(&x->next[i].node, memory_order_relaxed);
-                if (!nx || x->next[i].next_key >= key)
-                    break;
-                x = nx;
-            }
+    memcpy(o, p, (size_t)(pe - p) * sizeof *p);
+    o += pe - p;
+    memcpy(o, q, (size_t)(qe - q) * sizeof *q);
+    return r;
+}
+
+static size_t order_bytes(uint32_t tail_cap)
+{
+    return sizeof(buf_order) + (size_t)tail_cap * sizeof(sort_pair);
+}
+
+static buf_order *order_alloc(buf *b, uint32_t tail_cap)
+{
+    buf_order *o = xcalloc(1, order_bytes(tail_cap));
+    if (!o)
+        return NULL;
+    atomic_init(&o->refs, 1);
+    atomic_init(&o->tail_len, 0);
+    atomic_init(&o->tail_unsorted, SIZE_MAX);
+    o->tail_cap = tail_cap;
+    mem_add(b, order_bytes(tail_cap));
+    return o;
+}
+
+static size_t order_run_bytes(const buf_order *o)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < o->nruns; i++)
+        n += sizeof *o->runs[i] + run_entry_bytes(o->runs[i]->len);
+    return n;
+}
+
+static void order_free(buf *b, buf_order *o)
+{
+    for (uint32_t i = 0; i < o->nruns; i++)
+        run_unref(b, o->runs[i]);
+    mem_sub(b, order_bytes(o->tail_cap));
+    free(o);
+}
+
+/* Push r (one reference, handed over) as o's newest run, merging while
+ * the run before the last is at most twice the last. */
+static int order_push_run(buf *b, buf_order *o, buf_run *r)
+{
+    o->runs[o->nruns++] = r;
+    while (o->nruns >= 2 && (o->runs[o->nruns - 2]->len <= 2 * o->runs[o->nruns - 1]->len ||
+                             o->nruns == BUF_MAX_RUNS)) {
+        buf_run *x = o->runs[o->nruns - 2], *y = o->runs[o->nruns - 1];
+        buf_run *m = run_merge2(b, x, y);
+        if (!m)
+            return KV_ENOMEM;
+        run_unref(b, x);
+        run_unref(b, y);
+        o->runs[--o->nruns - 1] = m;
+    }
+    return KV_OK;
+}
+
+/* Free the replaced orders no iterator holds, after a grace period:
+ * a reader that loaded one as current was pinned while it took its
+ * reference, so once the grace period is over a count of zero stays zero. */
+static void collect_replaced(buf *b)
+{
+    b->grace(b->grace_ctx);
+    buf_order **pp = &b->replaced;
+    b->replaced_bytes = 0;
+    while (*pp) {
+        buf_order *o = *pp;
+        if (atomic_load_explicit(&o->refs, memory_order_acquire) == 0) {
+            *pp = o->replaced_next;
+            order_free(b, o);
+        } else {
+            b->replaced_bytes += order_bytes(o->tail_cap) + order_run_bytes(o);
+            pp = &o->replaced_next;
         }
-        prev[i] = x;
     }
 }
 
-static void link_node(buf *b, buf_node *n)
+/* Make o current; the order it replaces joins the replaced list. */
+static void order_publish(buf *b, buf_order *o)
 {
-    buf_node *prev[BUF_MAX_HEIGHT];
-    find_prev(b, n->key, prev);
-    for (uint32_t i = 0; i < n->height; i++) {
-        buf_node *nx = atomic_load_explicit(&prev[i]->next[i].node, memory_order_relaxed);
-        n->next[i].next_key = prev[i]->next[i].next_key;
-        atomic_store_explicit(&n->next[i].node, nx, memory_order_relaxed);
-        /* Publish bottom-up: a reader that finds n at level i can always
-         * continue from it at every level below. */
-        prev[i]->next[i].next_key = n->key;
-        atomic_store_explicit(&prev[i]->next[i].node, n, memory_order_release);
-        if (!nx)
-            b->tail[i] = n;
+    buf_order *old = atomic_load_explicit(&b->order, memory_order_relaxed);
+    atomic_store_explicit(&b->order, o, memory_order_release);
+    old->replaced_next = b->replaced;
+    b->replaced = old;
+    /* Runs the new order shares are not garbage; the rest of old is. */
+    size_t shared = 0;
+    for (uint32_t i = 0; i < old->nruns; i++) {
+        for (uint32_t j = 0; j < o->nruns; j++)
+            shared += old->runs[i] == o->runs[j] ? sizeof *old->runs[i] + run_entry_bytes(old->runs[i]->len) : 0;
     }
-    for (int i = 0; i < BUF_MAX_HEIGHT; i++)
-        b->finger[i] = i < (int)n->height ? n : prev[i];
-    b->finger_key = n->key;
-    if ((int)n->height > atomic_load_explicit(&b->max_height, memory_order_relaxed))
-        atomic_store_explicit(&b->max_height, (int)n->height, memory_order_relaxed);
+    b->replaced_bytes += order_bytes(old->tail_cap) + order_run_bytes(old) - shared;
+    atomic_fetch_sub_explicit(&old->refs, 1, memory_order_release);
+    if (b->grace) {
+        size_t live = order_run_bytes(o);
+        if (b->replaced_bytes >= BUF_GC_MIN && b->replaced_bytes >= live)
+            collect_replaced(b);
+    }
+}
+
+/* Capacity of the tail that follows one of len entries: a sorted stretch
+ * (a batch in key order) gets room for one twice as long. */
+static uint32_t next_tail_cap(size_t len, int sorted)
+{
+    size_t cap = sorted ? 2 * len : BUF_TAIL_MIN;
+    return (uint32_t)(cap < BUF_TAIL_MIN ? BUF_TAIL_MIN : cap > BUF_TAIL_MAX ? BUF_TAIL_MAX : cap);
+}
+
+/* Publish an order holding the current one's runs plus its tail as a run
+ * (or extra[0..nextra) sorted, in defer mode's finish), with an empty tail.
+ * KV_ENOMEM leaves the current order in place. */
+static int flush_tail(buf *b, sort_pair *extra, size_t nextra)
+{
+    buf_order *cur = atomic_load_explicit(&b->order, memory_order_relaxed);
+    size_t len = atomic_load_explicit(&cur->tail_len, memory_order_relaxed);
+    int sorted = atomic_load_explicit(&cur->tail_unsorted, memory_order_relaxed) >= len;
+    buf_order *o = order_alloc(b, extra ? cur->tail_cap : next_tail_cap(len, sorted));
+    if (!o)
+        return KV_ENOMEM;
+    o->nruns = cur->nruns;
+    for (uint32_t i = 0; i < cur->nruns; i++) {
+        o->runs[i] = cur->runs[i];
+        o->runs[i]->refs++;
+    }
+    buf_run *r = NULL;
+    if (extra) {
+        /* The tail stays as it is: copy it over. */
+        memcpy(o->tail, cur->tail, len * sizeof *o->tail);
+        atomic_store_explicit(&o->tail_unsorted,
+                              atomic_load_explicit(&cur->tail_unsorted, memory_order_relaxed),
+                              memory_order_relaxed);
+        atomic_store_explicit(&o->tail_len, len, memory_order_relaxed);
+        if (nextra && (r = run_alloc(b, nextra)) != NULL)
+            memcpy(r->e, extra, nextra * sizeof *extra);
+    } else if ((r = run_alloc(b, len)) != NULL) {
+        memcpy(r->e, cur->tail, len * sizeof *cur->tail);
+        if (!sorted)
+            sort_pairs(r->e, len);
+    }
+    int rc = KV_OK;
+    if (!r && (extra ? nextra : len))
+        rc = KV_ENOMEM;
+    else if (r)
+        rc = order_push_run(b, o, r);
+    if (rc != KV_OK) {
+        order_free(b, o);
+        return rc;
+    }
+    order_publish(b, o);
+    return KV_OK;
+}
+
+/* Make room in the tail for key: flush first if it is full, or if it holds
+ * BUF_TAIL_UNSORTED entries and would be (or is) out of order. */
+static int tail_reserve(buf *b, uint64_t key)
+{
+    buf_order *o = atomic_load_explicit(&b->order, memory_order_relaxed);
+    size_t len = atomic_load_explicit(&o->tail_len, memory_order_relaxed);
+    if (len == 0)
+        return KV_OK;
+    int unsorted = atomic_load_explicit(&o->tail_unsorted, memory_order_relaxed) < len ||
+                   key < o->tail[len - 1].key;
+    if (len == o->tail_cap || (unsorted && len >= BUF_TAIL_UNSORTED))
+        return flush_tail(b, NULL, 0);
+    return KV_OK;
+}
+
+/* Append after tail_reserve made room. */
+static void tail_append(buf *b, uint64_t key, buf_node *node)
+{
+    buf_order *o = atomic_load_explicit(&b->order, memory_order_relaxed);
+    size_t len = atomic_load_explicit(&o->tail_len, memory_order_relaxed);
+    o->tail[len] = (sort_pair){key, (uint64_t)(uintptr_t)node};
+    if (len && key < o->tail[len - 1].key &&
+        atomic_load_explicit(&o->tail_unsorted, memory_order_relaxed) == SIZE_MAX)
+        atomic_store_explicit(&o->tail_unsorted, len, memory_order_relaxed);
+    atomic_store_explicit(&o->tail_len, len + 1, memory_order_release);
 }
 
 /* ---- Versions ------------------------------------------------------ */
@@ -421,40 +593,39 @@ int buf_new(buf **out)
     atomic_init(&b->nkeys, 0);
     atomic_init(&b->nwrites, 0);
     atomic_init(&b->mem, sizeof *b);
-    atomic_init(&b->max_height, 1);
     b->meta.next_size = BUF_CHUNK_MIN;
     b->vals.next_size = BUF_CHUNK_MIN;
 
-    /* Seed the hash and the heights from this buffer's address, a process
-     * counter and the clock, so keys cannot be chosen against the table. */
+    /* Seed the hash from this buffer's address, a process counter and the
+     * clock, so keys cannot be chosen against the table. */
     static atomic_uint_fast64_t instances;
     struct timespec ts = {0, 0};
     timespec_get(&ts, TIME_UTC);
     uint64_t s = (uint64_t)(uintptr_t)b ^ ((uint64_t)ts.tv_nsec << 32) ^ (uint64_t)ts.tv_sec ^
                  (atomic_fetch_add_explicit(&instances, 1, memory_order_relaxed) << 17);
     b->seed = buf_hash(0x9e3779b97f4a7c15ull, s);
-    b->rng = buf_hash(b->seed, 0x2545f4914f6cdd1dull) | 1;
 
-    b->head = arena_alloc(b, &b->meta, node_bytes(BUF_MAX_HEIGHT), alignof(buf_node));
-    if (!b->head)
+    buf_order *o = order_alloc(b, BUF_TAIL_MIN);
+    if (!o)
         goto fail;
-    b->head->key = 0;
-    b->head->height = BUF_MAX_HEIGHT;
-    atomic_init(&b->head->newest, NULL);
-    for (int i = 0; i < BUF_MAX_HEIGHT; i++) {
-        atomic_init(&b->head->next[i].node, NULL);
-        b->tail[i] = b->head;
-    }
+    atomic_init(&b->order, o);
     buf_table *t = table_new(b, BUF_TABLE_MIN);
-    if (!t)
+    if (!t) {
+        free(o);
         goto fail;
+    }
     atomic_init(&b->table, t);
     *out = b;
     return KV_OK;
 fail:
-    arena_free(&b->meta);
     free(b);
     return KV_ENOMEM;
+}
+
+void buf_set_grace(buf *b, void (*grace)(void *ctx), void *ctx)
+{
+    b->grace = grace;
+    b->grace_ctx = ctx;
 }
 
 void buf_free(buf *b)
@@ -466,6 +637,12 @@ void buf_free(buf *b)
         buf_table *older = t->older;
         os_big_free(t, table_bytes(t->mask + 1));
         t = older;
+    }
+    order_free(b, atomic_load_explicit(&b->order, memory_order_relaxed));
+    while (b->replaced) {
+        buf_order *next = b->replaced->replaced_next;
+        order_free(b, b->replaced);
+        b->replaced = next;
     }
     arena_free(&b->meta);
     arena_free(&b->vals);
@@ -529,20 +706,16 @@ int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *
         return KV_OK;
     }
 
-    /* A new key: node and its first version side by side (one cache line
-     * for the common height 1). */
-    uint32_t h = random_height(b);
-    size_t nb = node_bytes(h);
+    /* A new key: node and its first version side by side (48 bytes). */
     _Static_assert(sizeof(buf_node) % alignof(buf_ver) == 0, "version placement");
-    void *p = arena_alloc(b, &b->meta, nb + sizeof(buf_ver), alignof(buf_node));
+    void *p = arena_alloc(b, &b->meta, sizeof(buf_node) + sizeof(buf_ver), alignof(buf_node));
     if (!p)
         return KV_ENOMEM;
     buf_node *node = p;
-    buf_ver *v = (void *)((unsigned char *)p + nb);
+    buf_ver *v = (void *)((unsigned char *)p + sizeof(buf_node));
     *v = (buf_ver){.seq = seq, .val = copy, .older = NULL, .len = (uint32_t)len,
                    .tomb = tombstone != 0};
     node->key = key;
-    node->height = h;
     atomic_init(&node->newest, v);
 
     if (b->defer && b->npending == b->cap_pending) {
@@ -555,6 +728,8 @@ int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *
         b->pending = grown_list;
         b->cap_pending = cap;
     }
+    if (!b->defer && tail_reserve(b, key) != KV_OK)
+        return KV_ENOMEM;
     uint64_t nkeys = atomic_load_explicit(&b->nkeys, memory_order_relaxed);
     buf_table *grown = NULL;
     if ((nkeys + 1) * 2 > (uint64_t)t->mask + 1) {
@@ -566,7 +741,7 @@ int buf_put_prev(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *
     if (b->defer)
         b->pending[b->npending++] = (sort_pair){key, (uint64_t)(uintptr_t)node};
     else
-        link_node(b, node);
+        tail_append(b, key, node);
     if (grown) {
         table_fill(grown, b->seed, key, node);
         atomic_store_explicit(&b->table, grown, memory_order_release);
@@ -607,28 +782,19 @@ int buf_reserve(buf *b, uint64_t nkeys)
     return KV_OK;
 }
 
-uint64_t *buf_finish_order(buf *b, size_t *nkeys)
+int buf_finish_order(buf *b)
 {
+    if (!b->defer)
+        return KV_OK;
     sort_pairs(b->pending, b->npending);
-    /* Ascending keys: each link resumes at the previous one (the tail or
-     * the finger), so the whole pass is about linear. */
-    for (size_t i = 0; i < b->npending; i++) {
-        /* Nodes lie in arrival order, so each link is a cache miss unless
-         * it was asked for a few links ahead. */
-        if (i + 8 < b->npending)
-            __builtin_prefetch((void *)(uintptr_t)b->pending[i + 8].tag);
-        link_node(b, (buf_node *)(uintptr_t)b->pending[i].tag);
-    }
-    /* Hand the sorted keys back in the same memory (8 of every 16 bytes,
-     * front to back, so nothing is overwritten before it is read). */
-    uint64_t *keys = (uint64_t *)(void *)b->pending;
-    for (size_t i = 0; i < b->npending; i++)
-        keys[i] = b->pending[i].key;
-    *nkeys = b->npending;
+    int rc = flush_tail(b, b->pending, b->npending);
+    if (rc != KV_OK)
+        return rc;
+    free(b->pending);
     b->pending = NULL;
     b->npending = b->cap_pending = 0;
     b->defer = 0;
-    return keys;
+    return KV_OK;
 }
 
 void buf_prefetch(const buf *b, uint64_t key)
@@ -666,69 +832,166 @@ uint64_t buf_memory(const buf *b)
     return atomic_load_explicit(&b->mem, memory_order_relaxed);
 }
 
+/* ---- Iteration (readers) ------------------------------------------- */
+
+/* A counted reference to the current order. The caller is pinned (or the
+ * buffer has no grace function), so the order cannot be freed between the
+ * load and the increment; a count of zero means it was replaced: reload. */
+static buf_order *order_acquire(const buf *b)
+{
+    for (;;) {
+        buf_order *o = atomic_load_explicit(&b->order, memory_order_acquire);
+        uint_fast32_t n = atomic_load_explicit(&o->refs, memory_order_relaxed);
+        while (n != 0 && !atomic_compare_exchange_weak_explicit(&o->refs, &n, n + 1,
+                                                                memory_order_acquire,
+                                                                memory_order_relaxed)) {
+        }
+        if (n != 0)
+            return o;
+    }
+}
+
+/* First i in e[0..n) with e[i].key >= key. */
+static size_t entries_lower_bound(const sort_pair *e, size_t n, uint64_t key)
+{
+    size_t lo = 0;
+    while (n > 0) {
+        size_t half = n / 2;
+        if (e[lo + half].key < key) {
+            lo += half + 1;
+            n -= half + 1;
+        } else {
+            n = half;
+        }
+    }
+    return lo;
+}
+
+static void iter_add(buf_iter *it, const sort_pair *e, size_t n, uint64_t lo)
+{
+    size_t i = entries_lower_bound(e, n, lo);
+    if (i < n) {
+        it->src[it->nsrc].p = e + i;
+        it->src[it->nsrc].end = e + n;
+        it->nsrc++;
+    }
+}
+
 void buf_iter_seek(const buf *b, buf_iter *it, uint64_t lo, uint64_t max_seq)
 {
-    it->b = b;
+    it->order = order_acquire(b);
     it->max_seq = max_seq;
-    it->node = find_ge(b, lo);
+    it->nsrc = 0;
+    const buf_order *o = it->order;
+    for (uint32_t i = 0; i < o->nruns; i++)
+        iter_add(it, o->runs[i]->e, o->runs[i]->len, lo);
+    size_t len = atomic_load_explicit(&o->tail_len, memory_order_acquire);
+    if (atomic_load_explicit(&o->tail_unsorted, memory_order_relaxed) < len) {
+        /* The writer flushes an unsorted tail before it outgrows this. */
+        memcpy(it->tail, o->tail, len * sizeof *it->tail);
+        sort_pairs(it->tail, len);
+        iter_add(it, it->tail, len, lo);
+    } else {
+        iter_add(it, o->tail, len, lo);
+    }
 }
 
 int buf_iter_next(buf_iter *it, uint64_t *key, const void **val, size_t *len)
 {
-    const buf_node *n = it->node;
-    while (n) {
+    while (it->nsrc) {
+        unsigned m = 0;
+        for (unsigned s = 1; s < it->nsrc; s++) {
+            if (it->src[s].p->key < it->src[m].p->key)
+                m = s;
+        }
+        const sort_pair *e = it->src[m].p++;
+        if (it->src[m].p == it->src[m].end)
+            it->src[m] = it->src[--it->nsrc];
+        else if (it->src[m].end - it->src[m].p > 4)
+            __builtin_prefetch((const void *)(uintptr_t)it->src[m].p[4].tag);
+        const buf_node *n = (const buf_node *)(uintptr_t)e->tag;
         const buf_ver *v = visible(n, it->max_seq);
-        const buf_node *nx = load_next(n, 0);
         if (v) {
-            it->node = nx;
             if (key)
-                *key = n->key;
+                *key = e->key;
             return report(v, val, len);
         }
-        n = nx;
     }
-    it->node = NULL;
     return BUF_ABSENT;
+}
+
+void buf_iter_close(buf_iter *it)
+{
+    if (it->order) {
+        atomic_fetch_sub_explicit(&it->order->refs, 1, memory_order_release);
+        it->order = NULL;
+    }
+    it->nsrc = 0;
+}
+
+/* ---- Validation ---------------------------------------------------- */
+
+static int chain_ok(const buf_node *n, uint64_t *versions)
+{
+    const buf_ver *v = visible(n, UINT64_MAX);
+    if (!v)
+        return 0;
+    for (; v; v = v->older) {
+        ++*versions;
+        if ((v->older && v->older->seq > v->seq) || (v->tomb && v->val) ||
+            (!v->tomb && !v->val) || v->len > KV_MAX_VALUE)
+            return 0;
+    }
+    return 1;
+}
+
+static int entries_ok(const buf *b, const buf_table *t, const sort_pair *e, size_t n, int sorted,
+                      uint64_t *keys, uint64_t *versions, uint64_t *all, size_t cap)
+{
+    for (size_t i = 0; i < n; i++) {
+        const buf_node *node = (const buf_node *)(uintptr_t)e[i].tag;
+        if ((sorted && i > 0 && e[i - 1].key >= e[i].key) || node->key != e[i].key ||
+            table_find(t, b->seed, e[i].key, NULL) != node || !chain_ok(node, versions) ||
+            *keys >= cap)
+            return 0;
+        all[(*keys)++] = e[i].key;
+    }
+    return 1;
+}
+
+static int cmp_key(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, c = *(const uint64_t *)y;
+    return (a > c) - (a < c);
 }
 
 int buf_validate(const buf *b)
 {
     const buf_table *t = atomic_load_explicit(&b->table, memory_order_acquire);
-    int top = atomic_load_explicit(&b->max_height, memory_order_relaxed);
-    uint64_t keys = 0, versions = 0, used = 0;
-    if (top < 1 || top > BUF_MAX_HEIGHT)
-        return KV_ECORRUPT;
-    for (int level = BUF_MAX_HEIGHT - 1; level >= 0; level--) {
-        const buf_node *prev = NULL, *lower = b->head;
-        for (const buf_node *n = load_next(b->head, level); n; n = load_next(n, level)) {
-            if (level >= top || n->height <= (uint32_t)level ||
-                n->height > BUF_MAX_HEIGHT || (prev && prev->key >= n->key))
-                return KV_ECORRUPT;
-            if ((prev ? prev : b->head)->next[level].next_key != n->key)
-                return KV_ECORRUPT; /* the writer's copy of the key */
-            if (level > 0) { /* n must also be on the level below, after lower */
-                while (lower && lower != n)
-                    lower = load_next(lower, level - 1);
-                if (!lower)
-                    return KV_ECORRUPT;
-            }
-            if (level == 0) {
-                keys++;
-                if (table_find(t, b->seed, n->key, NULL) != n)
-                    return KV_ECORRUPT;
-                const buf_ver *v = visible(n, UINT64_MAX);
-                if (!v)
-                    return KV_ECORRUPT;
-                for (; v; v = v->older) {
-                    versions++;
-                    if ((v->older && v->older->seq > v->seq) || (v->tomb && v->val) ||
-                        (!v->tomb && !v->val) || v->len > KV_MAX_VALUE)
-                        return KV_ECORRUPT;
-                }
-            }
-            prev = n;
-        }
+    const buf_order *o = atomic_load_explicit(&b->order, memory_order_acquire);
+    uint64_t nkeys = buf_keys(b), keys = 0, versions = 0, used = 0;
+    uint64_t *all = malloc((size_t)(nkeys ? nkeys : 1) * sizeof *all);
+    if (!all)
+        return KV_ENOMEM;
+    int ok = atomic_load(&o->refs) >= 1 && o->nruns <= BUF_MAX_RUNS;
+    for (uint32_t i = 0; ok && i < o->nruns; i++)
+        ok = o->runs[i]->refs >= 1 && o->runs[i]->len > 0 &&
+             entries_ok(b, t, o->runs[i]->e, o->runs[i]->len, 1, &keys, &versions, all, nkeys);
+    size_t tl = atomic_load(&o->tail_len), tu = atomic_load(&o->tail_unsorted);
+    ok = ok && tl <= o->tail_cap && (tu >= tl || tl <= BUF_TAIL_UNSORTED) &&
+         entries_ok(b, t, o->tail, tl < tu ? tl : tu, 1, &keys, &versions, all, nkeys) &&
+         (tu >= tl || entries_ok(b, t, o->tail + tu, tl - tu, 0, &keys, &versions, all, nkeys));
+    if (ok && b->defer)
+        ok = entries_ok(b, t, b->pending, b->npending, 0, &keys, &versions, all, nkeys);
+    if (ok) {
+        /* Each key in exactly one place. */
+        qsort(all, (size_t)keys, sizeof *all, cmp_key);
+        for (uint64_t i = 1; ok && i < keys; i++)
+            ok = all[i - 1] < all[i];
     }
+    free(all);
+    if (!ok)
+        return KV_ECORRUPT;
     for (size_t i = 0; i <= t->mask; i++) {
         const buf_node *n = atomic_load_explicit(&t->slots[i].node, memory_order_acquire);
         if (!n)
@@ -737,7 +1000,7 @@ int buf_validate(const buf *b)
         if (n->key != t->slots[i].key)
             return KV_ECORRUPT;
     }
-    if (keys != buf_keys(b) || used != keys || versions != buf_writes(b) ||
+    if (keys != nkeys || used != keys || versions != buf_writes(b) ||
         used * 2 > (uint64_t)t->mask + 1)
         return KV_ECORRUPT;
     return KV_OK;

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sort.h"
+
 typedef struct buf buf;
 
 int buf_new(buf **out);           /* KV_OK / KV_ENOMEM */
@@ -28,12 +30,17 @@ void buf_free(buf *b);            /* no reader may still use it */
 int buf_put(buf *b, uint64_t key, uint64_t seq, int tombstone, const void *val, size_t len);
 /* Bulk loading by the only thread using the buffer (recovery): after
  * buf_defer_order, new keys are indexed for buf_get but not yet ordered;
- * buf_finish_order sorts and links them in one pass. No iteration, seek or
- * merge may run in between. buf_finish_order cannot fail; it returns the
- * keys inserted since buf_defer_order, ascending, in *nkeys entries (the
- * caller frees the array; NULL when there were none). */
+ * buf_finish_order sorts them in one pass and adds them to the ordered
+ * index. No iteration or seek may run in between. KV_OK, or KV_ENOMEM with
+ * the buffer still deferred (finishing can be tried again). */
 void buf_defer_order(buf *b);
-uint64_t *buf_finish_order(buf *b, size_t *nkeys);
+int buf_finish_order(buf *b);
+/* The owner's grace period: grace(ctx) returns once every reader that was
+ * pinned when it was called has unpinned (ver_synchronize). With it the
+ * writer frees replaced parts of the ordered index as it goes, calling it
+ * from buf_put now and then; without it (the default) they stay until
+ * buf_free. Set before the buffer is shared. */
+void buf_set_grace(buf *b, void (*grace)(void *ctx), void *ctx);
 /* Size the hash index for nkeys keys now rather than by repeated doubling
  * (a hint: KV_ENOMEM leaves the buffer as it was). */
 int buf_reserve(buf *b, uint64_t nkeys);
@@ -58,21 +65,32 @@ uint64_t buf_memory(const buf *b);   /* heap bytes held */
 
 /* Ordered iteration, lock-free. Visits each key >= lo in ascending order that
  * has a version with seq <= max_seq, reporting that version (value or
- * tombstone). Keys inserted during the iteration may or may not be seen. */
+ * tombstone). Keys inserted after the seek are not seen. buf_iter_seek holds
+ * a reference on the ordered index until buf_iter_close (which a seeked
+ * iterator needs before buf_free); on a buffer with a grace function, the
+ * seek must run while the thread is pinned in that grace-period domain
+ * (the iteration after it need not). */
+#define BUF_TAIL_UNSORTED 32 /* most out-of-order new keys an iterator sorts */
+#define BUF_MAX_RUNS 64       /* sorted runs in the ordered index (sizes more than halve) */
 typedef struct {
-    const buf *b;
-    const void *node;
+    struct buf_order *order;
     uint64_t max_seq;
+    unsigned nsrc;
+    struct {
+        const sort_pair *p, *end; /* (key, node) entries of one source, unread part */
+    } src[BUF_MAX_RUNS + 1];      /* the runs and the tail */
+    sort_pair tail[BUF_TAIL_UNSORTED]; /* an unsorted tail, sorted for this iterator */
 } buf_iter;
 void buf_iter_seek(const buf *b, buf_iter *it, uint64_t lo, uint64_t max_seq);
 /* Returns BUF_VALUE / BUF_TOMBSTONE with the current entry and advances, or
  * BUF_ABSENT at the end. */
 int buf_iter_next(buf_iter *it, uint64_t *key, const void **val, size_t *len);
+void buf_iter_close(buf_iter *it); /* after a seek; again is harmless */
 
-/* Check every structural invariant (key order on each skiplist level, levels
- * nested, each node in the hash index once, load factor, version chains in
- * seq order, counters). KV_OK or KV_ECORRUPT. O(n); not concurrently with
- * buf_put. For tests. */
+/* Check every structural invariant (runs ascending, each key in the ordered
+ * index and the hash index exactly once, load factor, version chains in
+ * seq order, counters). KV_OK, KV_ECORRUPT, or KV_ENOMEM. O(n log n); not
+ * concurrently with buf_put. For tests. */
 int buf_validate(const buf *b);
 
 /* Test hook: before each heap allocation the buffer calls fn(ctx, bytes); a

@@ -42,6 +42,9 @@
  * fold of a large base costs more per write, on the background thread. */
 #define MIN_FOLD ((uint64_t)1 << 16)
 #define MAX_FOLD ((uint64_t)1 << 20)
+/* Freed blocks stay pooled for the next fold while folds keep coming; after
+ * this long without one they go back to the system. */
+#define POOL_IDLE_NS ((uint64_t)1000000000u)
 
 static uint64_t get_le64(const uint8_t *p)
 {
@@ -76,6 +79,14 @@ static int db_fail(kv_db *db, int rc, int err)
 static void path_join(char *out, size_t cap, const char *dir, const char *name)
 {
     snprintf(out, cap, "%s/%s", dir, name);
+}
+
+/* The write buffers' grace period (buf_set_grace): the writer frees parts
+ * of a buffer's ordered index that iterators may have loaded. Readers pin
+ * only briefly and never wait while pinned, so this never waits long. */
+static void db_grace(void *ctx)
+{
+    ver_synchronize(&((kv_db *)ctx)->vd);
 }
 
 /* ---- Reads through a version --------------------------------------- */
@@ -151,20 +162,26 @@ static int apply_one(kv_db *db, uint64_t seq, int is_delete, uint64_t key, const
  * keys come back sorted from buf_finish_order: one merge with the base's
  * keys counts them.
  */
-static void finish_replay(kv_db *db)
+static int finish_replay(kv_db *db)
 {
     const ver *v = ver_current(&db->vd);
     const run *base = v->base;
-    size_t n;
-    uint64_t *first = buf_finish_order(v->active->b, &n);
-    uint64_t in_base = 0, i = 0;
-    for (size_t k = 0; k < n; k++) {
-        while (i < base->n && base->keys[i] < first[k])
+    int rc = buf_finish_order(v->active->b);
+    if (rc != KV_OK)
+        return rc;
+    /* Replay started on an empty buffer: every key in it had its first
+     * write there. */
+    buf_iter it;
+    buf_iter_seek(v->active->b, &it, 0, UINT64_MAX);
+    uint64_t in_base = 0, i = 0, key;
+    while (buf_iter_next(&it, &key, NULL, NULL) != BUF_ABSENT) {
+        while (i < base->n && base->keys[i] < key)
             i++;
-        in_base += i < base->n && base->keys[i] == first[k];
+        in_base += i < base->n && base->keys[i] == key;
     }
-    free(first);
+    buf_iter_close(&it);
     atomic_store(&db->live_keys, (uint64_t)((int64_t)base->n + db->replay_live_delta) - in_base);
+    return KV_OK;
 }
 
 int db_apply_batch(kv_db *db, uint64_t seq, const uint8_t *payload, size_t len)
@@ -784,6 +801,7 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out)
     rc = KV_ENOMEM;
     if (buf_new(&b) != KV_OK)
         goto fail;
+    buf_set_grace(b, db_grace, db);
     /* Replay fills the buffer in log order, which for random keys makes
      * every ordered insert a walk from the top: order it once at the end. */
     buf_defer_order(b);
@@ -806,9 +824,10 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out)
         rc = recover_wals(db, wal_ids, nwal);
         db->replaying = 0;
     }
+    if (rc == KV_OK)
+        rc = finish_replay(db);
     if (rc != KV_OK)
         goto fail;
-    finish_replay(db);
     if (!db->readonly) {
         remove_leftovers(db);
         if (pthread_create(&db->bg, NULL, bg_main, db) != 0) {
@@ -852,6 +871,7 @@ static int freeze_active(kv_db *db, uint64_t *frozen_seq)
     buf *b;
     if (buf_new(&b) != KV_OK)
         return KV_ENOMEM;
+    buf_set_grace(b, db_grace, db);
     /* The new buffer's table starts small and grows with its keys: every
      * get probes it first, so a table sized for a whole fold up front would
      * cost each get a cache miss while the buffer is nearly empty. */
@@ -935,6 +955,10 @@ int kv_rebuild_index(kv_db *db)
     pthread_mutex_lock(&db->maint);
     int rc = fold_locked(db);
     pthread_mutex_unlock(&db->maint);
+    /* An explicit rebuild settles the database: the blocks the old base
+     * and buffer leave in the pool go back to the system now rather than
+     * after the background thread's idle timeout. */
+    os_big_trim(0);
     return rc;
 }
 
@@ -1101,8 +1125,10 @@ int kv_warmup(kv_db *db)
 {
     if (!db)
         return KV_EINVAL;
-    unsigned tok = ver_pin(&db->vd);
-    const run *r = ver_current(&db->vd)->base;
+    /* A counted reference, not a pin: touching every page takes long, and a
+     * grace period must not wait for it. */
+    ver *v = ver_acquire(&db->vd);
+    const run *r = v->base;
     volatile uint64_t sink = 0;
     /* Touch one word per page of keys, references and values. */
     for (uint64_t i = 0; i < r->n; i += 4096 / sizeof(uint64_t))
@@ -1115,7 +1141,7 @@ int kv_warmup(kv_db *db)
             sink += p[off];
     }
     (void)sink;
-    ver_unpin(&db->vd, tok);
+    ver_release(&db->vd, v);
     return KV_OK;
 }
 
@@ -1175,6 +1201,7 @@ static void *bg_main(void *arg)
             pthread_mutex_unlock(&db->maint);
         }
         ver_reclaim(&db->vd);
+        os_big_trim(POOL_IDLE_NS);
         pthread_mutex_lock(&db->bg_lock);
     }
     pthread_mutex_unlock(&db->bg_lock);
@@ -1206,6 +1233,7 @@ int kv_close(kv_db *db)
         }
     }
     db_destroy(db);
+    os_big_trim(0); /* the pooled blocks this handle's buffers and runs left */
     return rc;
 }
 
@@ -1225,7 +1253,7 @@ int kv_stats_get(kv_db *db, kv_stats *out)
     out->keys = atomic_load(&db->live_keys);
     out->pending_writes = pending_writes(v);
     out->memory_bytes = sizeof *db + buf_memory(v->active->b) + run_memory(r) +
-                        (v->frozen ? buf_memory(v->frozen->b) : 0);
+                        (v->frozen ? buf_memory(v->frozen->b) : 0) + os_big_pooled();
     out->index_models = rmi_leaf_count(r->index);
     out->index_max_error = rmi_max_error(r->index);
     ver_unpin(&db->vd, tok);

@@ -10,8 +10,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <time.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -237,25 +242,181 @@ void os_munmap(const void *addr, size_t len)
         munmap((void *)addr, len);
 }
 
-void *os_big_alloc(size_t bytes)
+/*
+ * The block pool. Big blocks churn: every fold allocates the new base's
+ * arrays while the old one is still read, a new write buffer fills fresh
+ * chunks while the frozen one is folded, and the previous generation is
+ * freed just after. Fresh anonymous memory costs a page fault and a zeroed
+ * page per 4 KiB (far more on a virtual machine whose host backs guest
+ * memory lazily), and every mmap or munmap takes the process's address-space
+ * lock, which populating another block holds. So freed blocks wait here for
+ * reuse, a block of another size is resized with mremap (page tables move;
+ * no byte is copied or zeroed again), and os_big_trim hands them back.
+ * Bounded by POOL_MAX_BLOCKS blocks and POOL_MAX_BYTES bytes.
+ */
+#define POOL_MAX_BLOCKS 512
+#define POOL_MAX_BYTES ((size_t)4 << 30)
+#define POPULATE_SLICE ((size_t)8 << 20)
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    void *p;
+    size_t bytes;
+} pool[POOL_MAX_BLOCKS];
+static size_t pool_n, pool_bytes;
+static _Atomic uint64_t pool_last_use_ns;
+
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* Fault in [p, p + len) now, a slice at a time so that no single call holds
+ * the address-space lock for long: one call per slice costs less than a
+ * fault per page. Where MADV_POPULATE_WRITE is unknown the pages fault in
+ * on first use instead. */
+static void populate(void *p, size_t len)
+{
+#ifdef MADV_POPULATE_WRITE
+    for (size_t off = 0; off < len; off += POPULATE_SLICE) {
+        size_t n = len - off < POPULATE_SLICE ? len - off : POPULATE_SLICE;
+        if (madvise((char *)p + off, n, MADV_POPULATE_WRITE) != 0)
+            return;
+    }
+#else
+    (void)p;
+    (void)len;
+#endif
+}
+
+static size_t page_round(size_t bytes)
+{
+    return (bytes + 4095) & ~(size_t)4095;
+}
+
+/* A pooled block resized to bytes (page-rounded), or NULL. Takes the
+ * smallest block that is big enough, else the largest one (grown). */
+static void *pool_take(size_t bytes)
+{
+    pthread_mutex_lock(&pool_lock);
+    size_t best = SIZE_MAX, largest = SIZE_MAX;
+    for (size_t i = 0; i < pool_n; i++) {
+        if (pool[i].bytes >= bytes && (best == SIZE_MAX || pool[i].bytes < pool[best].bytes))
+            best = i;
+        if (largest == SIZE_MAX || pool[i].bytes > pool[largest].bytes)
+            largest = i;
+    }
+    size_t pick = best != SIZE_MAX ? best : largest;
+    if (pick == SIZE_MAX) {
+        pthread_mutex_unlock(&pool_lock);
+        return NULL;
+    }
+    void *p = pool[pick].p;
+    size_t have = pool[pick].bytes;
+    pool[pick] = pool[--pool_n];
+    pool_bytes -= have;
+    atomic_store_explicit(&pool_last_use_ns, mono_ns(), memory_order_relaxed);
+    pthread_mutex_unlock(&pool_lock);
+    if (have == bytes)
+        return p;
+    void *q = mremap(p, have, bytes, MREMAP_MAYMOVE);
+    if (q == MAP_FAILED) {
+        munmap(p, have);
+        return NULL;
+    }
+    if (bytes > have)
+        populate((char *)q + have, bytes - have);
+    return q;
+}
+
+void *os_big_alloc_raw(size_t bytes)
 {
     if (bytes < OS_BIG_ALLOC)
         return aligned_alloc(64, (bytes + 63) & ~(size_t)63);
-    /* MAP_POPULATE: these blocks are filled right away; one call faulting
-     * them all in costs less than a page fault per 4 KiB. */
-    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE,
-                   -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    size_t len = page_round(bytes);
+    void *p = pool_take(len);
+    if (p)
+        return p;
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    /* These blocks are filled right away. */
+    populate(p, len);
+    return p;
+}
+
+void *os_big_alloc(size_t bytes)
+{
+    if (bytes < OS_BIG_ALLOC) {
+        void *p = os_big_alloc_raw(bytes);
+        if (p)
+            memset(p, 0, bytes);
+        return p;
+    }
+    size_t len = page_round(bytes);
+    void *p = pool_take(len);
+    if (p) {
+        memset(p, 0, len);
+        return p;
+    }
+    p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    populate(p, len);
+    return p;
 }
 
 void os_big_free(void *p, size_t bytes)
 {
     if (!p)
         return;
-    if (bytes < OS_BIG_ALLOC)
+    if (bytes < OS_BIG_ALLOC) {
         free(p);
-    else
-        munmap(p, bytes);
+        return;
+    }
+    size_t len = page_round(bytes);
+    pthread_mutex_lock(&pool_lock);
+    if (pool_n < POOL_MAX_BLOCKS && pool_bytes + len <= POOL_MAX_BYTES) {
+        pool[pool_n].p = p;
+        pool[pool_n].bytes = len;
+        pool_n++;
+        pool_bytes += len;
+        p = NULL;
+    }
+    pthread_mutex_unlock(&pool_lock);
+    if (p)
+        munmap(p, len);
+}
+
+void os_big_trim(uint64_t idle_ns)
+{
+    pthread_mutex_lock(&pool_lock);
+    if (idle_ns && mono_ns() - atomic_load_explicit(&pool_last_use_ns, memory_order_relaxed) < idle_ns) {
+        pthread_mutex_unlock(&pool_lock);
+        return;
+    }
+    size_t n = pool_n;
+    void *ps[POOL_MAX_BLOCKS];
+    size_t lens[POOL_MAX_BLOCKS];
+    for (size_t i = 0; i < n; i++) {
+        ps[i] = pool[i].p;
+        lens[i] = pool[i].bytes;
+    }
+    pool_n = 0;
+    pool_bytes = 0;
+    pthread_mutex_unlock(&pool_lock);
+    for (size_t i = 0; i < n; i++)
+        munmap(ps[i], lens[i]);
+}
+
+size_t os_big_pooled(void)
+{
+    pthread_mutex_lock(&pool_lock);
+    size_t n = pool_bytes;
+    pthread_mutex_unlock(&pool_lock);
+    return n;
 }
 
 static int lock_fd(int fd, int how)

@@ -46,14 +46,22 @@ int os_mmap_read(int fd, size_t len, const void **addr); /* PROT_READ, MAP_SHARE
 void os_munmap(const void *addr, size_t len);
 
 /* Large heap blocks (the write buffer's chunks and tables, the base run's
- * arrays) that churn with every fold: from OS_BIG_ALLOC bytes up they come
- * straight from the kernel (zeroed, page aligned), so freeing one returns
- * the memory at once instead of leaving it in malloc's free lists; smaller
- * ones use calloc / aligned_alloc(64). Free with os_big_free and the same
- * size. NULL on failure. */
+ * arrays) that churn with every fold. From OS_BIG_ALLOC bytes up they come
+ * from the kernel, page aligned and faulted in at once, through a pool of
+ * freed blocks (see os.c): os_big_free keeps a block for reuse instead of
+ * unmapping it, and os_big_trim returns the pool to the system. Smaller
+ * ones use aligned_alloc(64) and free. os_big_alloc zeroes the block;
+ * os_big_alloc_raw leaves it as it was, for callers that write every byte
+ * they later read. Free with os_big_free and the same size. NULL on
+ * failure. Thread-safe. */
 #define OS_BIG_ALLOC ((size_t)64 << 10)
 void *os_big_alloc(size_t bytes);
+void *os_big_alloc_raw(size_t bytes);
 void os_big_free(void *p, size_t bytes);
+/* Unmap every pooled block, if the pool has not been drawn from for
+ * idle_ns (0: now). */
+void os_big_trim(uint64_t idle_ns);
+size_t os_big_pooled(void); /* bytes the pool holds */
 int os_lock_exclusive(int fd);                        /* non-blocking; -EWOULDBLOCK if held */
 int os_lock_shared(int fd);                           /* non-blocking; -EWOULDBLOCK if held */
 int os_read_file(const char *path, void **buf, size_t *len); /* whole file, malloc'd */

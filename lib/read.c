@@ -166,14 +166,18 @@ int kv_view_iter_open(kv_view *vw, uint64_t lo, uint64_t hi, kv_iter **out)
         return KV_OK;
     }
     const ver *v = vw->v;
+    /* Seeking takes a reference on each buffer's ordered index, which the
+     * buffer's writer frees only after a grace period: pin for it. */
+    unsigned tok = ver_pin(&vw->db->vd);
     buf_iter_seek(v->active->b, &it->bi[SRC_ACTIVE], lo, vw->seq);
-    iter_advance(it, SRC_ACTIVE);
-    if (v->frozen) {
+    if (v->frozen)
         buf_iter_seek(v->frozen->b, &it->bi[SRC_FROZEN], lo, vw->seq);
+    ver_unpin(&vw->db->vd, tok);
+    iter_advance(it, SRC_ACTIVE);
+    if (v->frozen)
         iter_advance(it, SRC_FROZEN);
-    } else {
+    else
         it->head[SRC_FROZEN].state = BUF_ABSENT;
-    }
     it->base_pos = run_lower_bound(v->base, lo);
     iter_advance(it, SRC_BASE);
     *out = it;
@@ -263,6 +267,8 @@ void kv_iter_close(kv_iter *it)
 {
     if (!it)
         return;
+    buf_iter_close(&it->bi[SRC_ACTIVE]);
+    buf_iter_close(&it->bi[SRC_FROZEN]);
     if (it->owns_view)
         kv_view_close(it->view);
     free(it);

@@ -155,15 +155,17 @@ uint64_t run_lower_bound(const run *r, uint64_t key)
 static int run_alloc_arrays(run *r, uint64_t n, int fixed)
 {
     size_t kbytes = (size_t)((n ? n : 1) * sizeof(uint64_t) + 63) & ~(size_t)63;
-    r->heap_keys = os_big_alloc(kbytes);
+    r->heap_keys = os_big_alloc_raw(kbytes);
     r->heap_keys_bytes = kbytes;
     if (!r->heap_keys)
         return KV_ENOMEM;
+    /* The fold writes keys[0..n); the padding after them is zeroed. */
+    memset((uint64_t *)r->heap_keys + n, 0, kbytes - (size_t)n * sizeof(uint64_t));
     r->keys = r->heap_keys;
     if (fixed)
         return KV_OK;
     size_t vbytes = (size_t)(n ? n : 1) * sizeof(run_vref);
-    r->heap_vrefs = os_big_alloc(vbytes);
+    r->heap_vrefs = os_big_alloc_raw(vbytes);
     r->heap_vrefs_bytes = vbytes;
     if (!r->heap_vrefs)
         return KV_ENOMEM;
@@ -254,6 +256,7 @@ static void merge_walk(const run *base, const buf *frozen, uint64_t max_seq, con
             i++;
         }
     }
+    buf_iter_close(&it);
     *nkeys = n;
     *nbytes = off;
     *live_bytes = live;
@@ -313,7 +316,7 @@ int run_merge(const run *base, const buf *frozen, uint64_t max_seq, run **out)
     }
     if (run_alloc_arrays(r, n, fixed) != KV_OK)
         goto fail;
-    if (nbytes && !(seg_bytes = os_big_alloc((size_t)nbytes)))
+    if (nbytes && !(seg_bytes = os_big_alloc_raw((size_t)nbytes)))
         goto fail;
     r->segs[kept] = run_seg_new_big(seg_bytes, nbytes);
     if (!r->segs[kept]) {
@@ -354,7 +357,7 @@ int run_compact(const run *base, run **out)
         return KV_ENOMEM;
     if (run_alloc_arrays(r, base->n, fixed) != KV_OK)
         goto fail;
-    if (base->value_bytes && !(bytes = os_big_alloc((size_t)base->value_bytes)))
+    if (base->value_bytes && !(bytes = os_big_alloc_raw((size_t)base->value_bytes)))
         goto fail;
     r->segs[0] = run_seg_new_big(bytes, base->value_bytes);
     if (!r->segs[0]) {

@@ -185,6 +185,63 @@ static void test_mmap_read(void **state)
     os_close(fd);
 }
 
+/* The block pool: freed big blocks are kept and reused (grown or shrunk
+ * in place of a fresh mapping), os_big_alloc's blocks are zeroed even when
+ * reused, and trimming returns them. */
+static void test_big_block_pool(void **state)
+{
+    (void)state;
+    os_big_trim(0);
+    assert_int_equal(os_big_pooled(), 0);
+    size_t sizes[] = {OS_BIG_ALLOC, (size_t)1 << 20, ((size_t)3 << 20) + 5, (size_t)8 << 20};
+    unsigned char *held[4];
+    for (size_t i = 0; i < 4; i++) {
+        held[i] = os_big_alloc_raw(sizes[i]);
+        assert_non_null(held[i]);
+        memset(held[i], 0xA5, sizes[i]);
+    }
+    for (size_t i = 0; i < 4; i++)
+        os_big_free(held[i], sizes[i]);
+    assert_true(os_big_pooled() >= OS_BIG_ALLOC + ((size_t)12 << 20));
+    /* A freed block is taken again rather than a fresh one mapped. */
+    size_t before = os_big_pooled();
+    unsigned char *again = os_big_alloc_raw((size_t)1 << 20);
+    assert_non_null(again);
+    assert_int_equal(os_big_pooled(), before - ((size_t)1 << 20));
+    os_big_free(again, (size_t)1 << 20);
+    /* Every size, smaller and larger than what is pooled, comes back whole
+     * and writable; the zeroing allocator's blocks read as zero. */
+    size_t want[] = {((size_t)2 << 20) + 1, (size_t)16 << 20, OS_BIG_ALLOC, (size_t)5 << 20};
+    unsigned char *got[4];
+    for (size_t i = 0; i < 4; i++) {
+        got[i] = i % 2 ? os_big_alloc(want[i]) : os_big_alloc_raw(want[i]);
+        assert_non_null(got[i]);
+        if (i % 2) {
+            for (size_t off = 0; off < want[i]; off += 4093)
+                assert_int_equal(got[i][off], 0);
+            assert_int_equal(got[i][want[i] - 1], 0);
+        }
+        memset(got[i], (int)i, want[i]);
+    }
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(got[i][0], i);
+        assert_int_equal(got[i][want[i] - 1], i);
+        os_big_free(got[i], want[i]);
+    }
+    /* Recently used: an idle trim keeps the pool; a full trim empties it. */
+    assert_true(os_big_pooled() > 0);
+    os_big_trim((uint64_t)60 * 1000000000u);
+    assert_true(os_big_pooled() > 0);
+    os_big_trim(0);
+    assert_int_equal(os_big_pooled(), 0);
+    /* Small blocks bypass the pool. */
+    void *small = os_big_alloc(100);
+    assert_non_null(small);
+    assert_int_equal(((unsigned char *)small)[99], 0);
+    os_big_free(small, 100);
+    assert_int_equal(os_big_pooled(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +251,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fault_fails_nth_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fault_short_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmap_read, setup, teardown),
+        cmocka_unit_test(test_big_block_pool),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
