@@ -69,6 +69,8 @@
 #define BUF_TAIL_MIN 32                     /* smallest tail capacity */
 #define BUF_TAIL_MAX 4096                   /* largest (a sorted stretch grows it) */
 #define BUF_GC_MIN ((size_t)1 << 20)        /* replaced bytes worth a grace period */
+#define BUF_SPARES 16                       /* freed run arrays kept for reuse */
+#define BUF_RUN_MIN_CAP 64                  /* smallest run array, in entries */
 
 _Static_assert(ATOMIC_POINTER_LOCK_FREE == 2, "lock-free atomic pointers required");
 _Static_assert(KV_MAX_VALUE <= UINT32_MAX, "value length is stored in 32 bits");
@@ -108,6 +110,7 @@ typedef struct buf_table {
 typedef struct buf_run {
     uint32_t refs;
     size_t len;
+    size_t cap;    /* entries allocated: a power of two >= len */
     sort_pair *e;
 } buf_run;
 
@@ -146,6 +149,12 @@ struct buf {
     _Atomic uint64_t nkeys, nwrites, mem;
     /* Writer only. */
     buf_order *replaced;    /* orders replaced, not yet freed */
+    /* Entry arrays of freed runs, kept for the next runs of their size
+     * class: merges allocate and free arrays all the time, and a system
+     * call for each would contend with the fold for the address space. */
+    sort_pair *spare[BUF_SPARES];
+    size_t spare_cap[BUF_SPARES];
+    unsigned nspare;
     size_t replaced_bytes;
     void (*grace)(void *ctx);
     void *grace_ctx;
@@ -335,9 +344,17 @@ static void mem_sub(buf *b, size_t n)
     atomic_store_explicit(&b->mem, m - n, memory_order_relaxed);
 }
 
-static size_t run_entry_bytes(size_t len)
+static size_t run_entry_bytes(size_t cap)
 {
-    return (len ? len : 1) * sizeof(sort_pair);
+    return cap * sizeof(sort_pair);
+}
+
+static size_t run_cap(size_t len)
+{
+    size_t cap = BUF_RUN_MIN_CAP;
+    while (cap < len)
+        cap *= 2;
+    return cap;
 }
 
 static buf_run *run_alloc(buf *b, size_t len)
@@ -345,14 +362,25 @@ static buf_run *run_alloc(buf *b, size_t len)
     buf_run *r = xcalloc(1, sizeof *r);
     if (!r)
         return NULL;
-    r->e = big_alloc(run_entry_bytes(len), 0);
+    r->cap = run_cap(len);
+    r->len = len;
+    r->refs = 1;
+    for (unsigned i = 0; i < b->nspare; i++) {
+        if (b->spare_cap[i] == r->cap) {
+            r->e = b->spare[i];
+            b->spare[i] = b->spare[b->nspare - 1];
+            b->spare_cap[i] = b->spare_cap[b->nspare - 1];
+            b->nspare--;
+            mem_add(b, sizeof *r);
+            return r;
+        }
+    }
+    r->e = big_alloc(run_entry_bytes(r->cap), 0);
     if (!r->e) {
         free(r);
         return NULL;
     }
-    r->len = len;
-    r->refs = 1;
-    mem_add(b, sizeof *r + run_entry_bytes(len));
+    mem_add(b, sizeof *r + run_entry_bytes(r->cap));
     return r;
 }
 
@@ -360,8 +388,14 @@ static void run_unref(buf *b, buf_run *r)
 {
     if (--r->refs)
         return;
-    mem_sub(b, sizeof *r + run_entry_bytes(r->len));
-    os_big_free(r->e, run_entry_bytes(r->len));
+    mem_sub(b, sizeof *r);
+    if (b->nspare < BUF_SPARES) {
+        b->spare[b->nspare] = r->e;
+        b->spare_cap[b->nspare++] = r->cap;
+    } else {
+        mem_sub(b, run_entry_bytes(r->cap));
+        os_big_free(r->e, run_entry_bytes(r->cap));
+    }
     free(r);
 }
 
@@ -408,7 +442,7 @@ static size_t order_run_bytes(const buf_order *o)
 {
     size_t n = 0;
     for (uint32_t i = 0; i < o->nruns; i++)
-        n += sizeof *o->runs[i] + run_entry_bytes(o->runs[i]->len);
+        n += sizeof *o->runs[i] + run_entry_bytes(o->runs[i]->cap);
     return n;
 }
 
@@ -469,7 +503,7 @@ static void order_publish(buf *b, buf_order *o)
     size_t shared = 0;
     for (uint32_t i = 0; i < old->nruns; i++) {
         for (uint32_t j = 0; j < o->nruns; j++)
-            shared += old->runs[i] == o->runs[j] ? sizeof *old->runs[i] + run_entry_bytes(old->runs[i]->len) : 0;
+            shared += old->runs[i] == o->runs[j] ? sizeof *old->runs[i] + run_entry_bytes(old->runs[i]->cap) : 0;
     }
     b->replaced_bytes += order_bytes(old->tail_cap) + order_run_bytes(old) - shared;
     atomic_fetch_sub_explicit(&old->refs, 1, memory_order_release);
@@ -644,6 +678,8 @@ void buf_free(buf *b)
         order_free(b, b->replaced);
         b->replaced = next;
     }
+    for (unsigned i = 0; i < b->nspare; i++)
+        os_big_free(b->spare[i], run_entry_bytes(b->spare_cap[i]));
     arena_free(&b->meta);
     arena_free(&b->vals);
     free(b->pending);

@@ -42,6 +42,7 @@
  * fold of a large base costs more per write, on the background thread. */
 #define MIN_FOLD ((uint64_t)1 << 16)
 #define MAX_FOLD ((uint64_t)1 << 20)
+#define APPLY_AHEAD 8 /* batch keys whose lookups are started ahead */
 /* Freed blocks stay pooled for the next fold while folds keep coming; after
  * this long without one they go back to the system. */
 #define POOL_IDLE_NS ((uint64_t)1000000000u)
@@ -220,7 +221,19 @@ int db_apply_batch(kv_db *db, uint64_t seq, const uint8_t *payload, size_t len)
     }
     sort_pairs(order, count);
     rc = KV_OK;
+    /* Each key's first lookups (its hash slots, and for a new key its
+     * window in the base) are cache misses independent of the others':
+     * start them a few keys ahead. wlock is held, so the version is stable. */
+    const ver *v = ver_current(&db->vd);
     for (size_t i = 0; i < count && rc == KV_OK; i++) {
+        if (i + APPLY_AHEAD < count) {
+            uint64_t ahead = order[i + APPLY_AHEAD].key;
+            buf_prefetch(v->active->b, ahead);
+            if (v->frozen)
+                buf_prefetch(v->frozen->b, ahead);
+            if (!db->replaying)
+                run_prefetch(v->base, ahead);
+        }
         c = (wal_batch_cursor){payload + order[i].tag, payload + len};
         wal_batch_next(&c, &op, &key, &val, &vlen);
         rc = apply_one(db, seq, op == WAL_OP_DEL, key, val, vlen);

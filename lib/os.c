@@ -256,7 +256,7 @@ void os_munmap(const void *addr, size_t len)
  */
 #define POOL_MAX_BLOCKS 512
 #define POOL_MAX_BYTES ((size_t)4 << 30)
-#define POPULATE_SLICE ((size_t)8 << 20)
+#define POPULATE_SLICE ((size_t)2 << 20)
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {

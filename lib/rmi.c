@@ -743,6 +743,15 @@ size_t rmi_lower_bound_side(const rmi *m, const uint64_t *keys, uint64_t key, co
     return r;
 }
 
+void rmi_prefetch(const rmi *m, const uint64_t *keys, uint64_t key)
+{
+    size_t lo, hi;
+    rmi_window(m, key, &lo, &hi);
+    __builtin_prefetch(keys + lo);
+    if (hi > lo + 1)
+        __builtin_prefetch(keys + hi - 1);
+}
+
 size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key, size_t *probed,
                        int *fallback)
 {

@@ -43,6 +43,10 @@ size_t rmi_lower_bound_side(const rmi *m, const uint64_t *keys, uint64_t key, co
 size_t rmi_lower_bound_with(const rmi *m, const uint64_t *keys, uint64_t key, probe_fn probe,
                             size_t *probed, int *fallback);
 
+/* Start loading the keys a lookup of key will probe (both ends of its
+ * window), for callers that know their next keys ahead. */
+void rmi_prefetch(const rmi *m, const uint64_t *keys, uint64_t key);
+
 size_t rmi_key_count(const rmi *m);
 size_t rmi_leaf_count(const rmi *m);
 uint64_t rmi_max_error(const rmi *m);      /* largest leaf window width, in positions */

@@ -69,6 +69,11 @@ void run_unref(run *r);
  * to *probed and the fallback to *fallbacks. */
 int run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *probed,
             int *fallback);
+/* Start loading what run_get(r, key) will read first. */
+static inline void run_prefetch(const run *r, uint64_t key)
+{
+    rmi_prefetch(r->index, r->keys, key);
+}
 /* First position with keys[i] >= key. */
 uint64_t run_lower_bound(const run *r, uint64_t key);
 static inline const void *run_value(const run *r, uint64_t i, size_t *len)

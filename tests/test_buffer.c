@@ -1011,10 +1011,10 @@ static void concurrent_append(int reclaim)
     assert_true(gets > 0);
     assert_true(iters >= READERS); /* at least the final full pass each */
     assert_int_equal(buf_validate(s.b), KV_OK);
-    /* Replaced orders were freed along the way (they would add about a
-     * third here), as in test_hash_growth. */
+    /* Replaced orders were freed along the way: about 220 bytes a key
+     * here, against about 290 without reclaiming. */
     if (reclaim)
-        assert_true(buf_memory(s.b) < s.n * 200 + (4u << 20));
+        assert_true(buf_memory(s.b) < s.n * 240 + (4u << 20));
     buf_free(s.b);
     if (s.d)
         domain_free(s.d);
