@@ -92,26 +92,6 @@ static void db_grace(void *ctx)
 
 /* ---- Reads through a version --------------------------------------- */
 
-int db_lookup(const ver *v, uint64_t seq, uint64_t key, const void **val, size_t *len,
-              ver_stripe *st)
-{
-    int s = buf_get(v->active->b, key, seq, val, len);
-    if (s == BUF_ABSENT && v->frozen)
-        s = buf_get(v->frozen->b, key, seq, val, len);
-    if (s == BUF_VALUE)
-        return KV_OK;
-    if (s == BUF_TOMBSTONE)
-        return KV_NOTFOUND;
-    size_t probed = 0;
-    int fallback = 0;
-    int rc = run_get(v->base, key, val, len, &probed, &fallback);
-    ver_stat_add(st, &st->probed, probed);
-    ver_stat_add(st, &st->lookups, 1);
-    if (fallback)
-        ver_stat_add(st, &st->fallbacks, 1);
-    return rc;
-}
-
 /* ---- The write path ------------------------------------------------ */
 
 static uint64_t pending_writes(const ver *v)
@@ -821,7 +801,7 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out)
     if (!(active = ver_buf_new(b)))
         goto fail;
     b = NULL;
-    ver *v = ver_new(active, NULL, base);
+    ver *v = ver_new(active, NULL, base, 0); /* replay fills active; see below */
     if (!v)
         goto fail;
     ver_buf_unref(active);
@@ -841,6 +821,13 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out)
         rc = finish_replay(db);
     if (rc != KV_OK)
         goto fail;
+    /* No reader exists yet. Replay put the writes above the snapshot's seq
+     * into the active buffer; with none, the next write is the first. */
+    {
+        ver *cur = ver_current(&db->vd);
+        cur->active_from = buf_writes(cur->active->b) ? db->snap_seq
+                                                      : atomic_load(&db->visible_seq);
+    }
     if (!db->readonly) {
         remove_leftovers(db);
         if (pthread_create(&db->bg, NULL, bg_main, db) != 0) {
@@ -894,11 +881,13 @@ static int freeze_active(kv_db *db, uint64_t *frozen_seq)
         return KV_ENOMEM;
     }
     ver *cur = ver_current(&db->vd);
-    ver *v = ver_new(nb, cur->active, cur->base);
+    /* Every write appended so far was applied under wlock, to the buffer
+     * now frozen: the new active buffer gets only later seqs. */
+    *frozen_seq = wal_last_seq(db->wal->w);
+    ver *v = ver_new(nb, cur->active, cur->base, *frozen_seq);
     ver_buf_unref(nb);
     if (!v)
         return KV_ENOMEM;
-    *frozen_seq = wal_last_seq(db->wal->w);
     ver_publish(&db->vd, v);
     return KV_OK;
 }
@@ -908,7 +897,7 @@ static int publish_base(kv_db *db, run *base)
 {
     pthread_mutex_lock(&db->wlock);
     ver *cur = ver_current(&db->vd);
-    ver *v = ver_new(cur->active, NULL, base);
+    ver *v = ver_new(cur->active, NULL, base, cur->active_from);
     if (!v) {
         pthread_mutex_unlock(&db->wlock);
         return KV_ENOMEM;

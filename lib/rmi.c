@@ -71,6 +71,7 @@
 #define RMI_KEYS_PER_LEAF 168u
 #define RMI_SAMPLE 65536u /* keys looked at per root candidate */
 #define RMI_SHORT 3        /* fitted roots given trial fits */
+#define RMI_SIDE_PREFETCH 1024u /* widest side window prefetched whole, bytes */
 
 enum { RMI_LINEAR = 0, RMI_LOG = 1, RMI_TABLE = 2 };
 
@@ -720,19 +721,25 @@ size_t rmi_lower_bound_with(const rmi *m, const uint64_t *keys, uint64_t key, pr
     return r;
 }
 
-size_t rmi_lower_bound_side(const rmi *m, const uint64_t *keys, uint64_t key, const void *side,
-                            size_t stride, size_t *probed, int *fallback)
+size_t rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *side, size_t stride,
+                size_t *probed, int *fallback)
 {
     size_t n = m->n, lo, hi;
     rmi_window(m, key, &lo, &hi);
     if (hi > lo) {
-        /* Start loading the side array's entries for the window now, so
-         * their cache misses overlap the key probe's instead of following
-         * it. */
-        const char *s = side;
-        __builtin_prefetch(s + ((lo + hi) / 2) * stride);
+        /* Start loading the side array's entries for the whole window now,
+         * so their cache misses overlap the key probe's instead of
+         * following it. A window too wide for that gets its middle line. */
+        const char *s = side, *a = s + lo * stride, *e = s + hi * stride;
+        if ((size_t)(e - a) <= RMI_SIDE_PREFETCH) {
+            for (const char *q = (const char *)((uintptr_t)a & ~(uintptr_t)63); q < e; q += 64)
+                __builtin_prefetch(q);
+        } else {
+            __builtin_prefetch(s + ((lo + hi) / 2) * stride);
+        }
     }
     size_t r = m->probe(keys, lo, hi, key);
+    /* r is the lower bound when keys[r - 1] < key <= keys[r]. */
     int missed = !((r == 0 || keys[r - 1] < key) && (r == n || keys[r] >= key));
     if (missed)
         r = rmi_widen(keys, n, r, key);
@@ -740,7 +747,7 @@ size_t rmi_lower_bound_side(const rmi *m, const uint64_t *keys, uint64_t key, co
         *probed = hi - lo;
     if (fallback)
         *fallback = missed;
-    return r;
+    return r < n && keys[r] == key ? r : SIZE_MAX;
 }
 
 void rmi_prefetch(const rmi *m, const uint64_t *keys, uint64_t key)

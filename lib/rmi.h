@@ -33,13 +33,15 @@ void rmi_free(rmi *m);
  * *fallback (if non-NULL) is set to 1 when the window missed, else 0. */
 size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key,
                        size_t *probed, int *fallback);
-/* The same with the window searched by the given kernel instead of
+/* The position of key in keys[0..n), or SIZE_MAX if it is not there; the
+ * point lookup. While the window is probed it also prefetches side[lo..hi)
+ * (entries of stride bytes beside the keys: the values of a fixed run, or
+ * their references), whose entry for key the caller reads next. *probed and
+ * *fallback (each may be NULL) as for rmi_lower_bound. */
+size_t rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *side, size_t stride,
+                size_t *probed, int *fallback);
+/* rmi_lower_bound with the window searched by the given kernel instead of
  * probe_best() (for benchmarks and tests that compare kernels). */
-/* rmi_lower_bound that also prefetches side[lo..hi) (entries of stride
- * bytes, e.g. the value references beside the keys) for the model's
- * window before searching it. */
-size_t rmi_lower_bound_side(const rmi *m, const uint64_t *keys, uint64_t key, const void *side,
-                            size_t stride, size_t *probed, int *fallback);
 size_t rmi_lower_bound_with(const rmi *m, const uint64_t *keys, uint64_t key, probe_fn probe,
                             size_t *probed, int *fallback);
 

@@ -131,20 +131,6 @@ void run_set_fixed(run *r, uint32_t len)
     r->fixed_values = r->segs[0]->data;
 }
 
-int run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *probed,
-            int *fallback)
-{
-    /* The model's window also says where the value (fixed runs) or its
-     * reference lies, so that load starts beside the key probe. */
-    const void *side = r->fixed_values ? (const void *)r->fixed_values : (const void *)r->vrefs;
-    size_t stride = r->fixed_values ? r->fixed_len : sizeof *r->vrefs;
-    size_t i = rmi_lower_bound_side(r->index, r->keys, key, side, stride, probed, fallback);
-    if (i >= r->n || r->keys[i] != key)
-        return KV_NOTFOUND;
-    *val = run_value(r, i, len);
-    return KV_OK;
-}
-
 uint64_t run_lower_bound(const run *r, uint64_t key)
 {
     return rmi_lower_bound(r->index, r->keys, key, NULL, NULL);

@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "buffer.h"
+#include "kyro.h"
 #include "rmi.h"
 
 typedef struct run_vref {
@@ -65,10 +66,23 @@ void run_seg_unref(run_seg *s);
 void run_ref(run *r);
 void run_unref(run *r);
 
-/* Point lookup: KV_OK with the value, or KV_NOTFOUND. Adds the probe length
- * to *probed and the fallback to *fallbacks. */
-int run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *probed,
-            int *fallback);
+static inline const void *run_value(const run *r, uint64_t i, size_t *len);
+/* Point lookup: KV_OK with the value, or KV_NOTFOUND. *probed gets the
+ * window's length and *fallback whether the model missed (each may be
+ * NULL). Inline: it is the innermost layer of every get. */
+static inline int run_get(const run *r, uint64_t key, const void **val, size_t *len,
+                          size_t *probed, int *fallback)
+{
+    /* The model's window also says where the value (fixed runs) or its
+     * reference lies, so that load starts beside the key probe. */
+    const void *side = r->fixed_values ? (const void *)r->fixed_values : (const void *)r->vrefs;
+    size_t stride = r->fixed_values ? r->fixed_len : sizeof *r->vrefs;
+    size_t i = rmi_find(r->index, r->keys, key, side, stride, probed, fallback);
+    if (i == SIZE_MAX)
+        return KV_NOTFOUND;
+    *val = run_value(r, i, len);
+    return KV_OK;
+}
 /* Start loading what run_get(r, key) will read first. */
 static inline void run_prefetch(const run *r, uint64_t key)
 {

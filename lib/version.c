@@ -204,7 +204,7 @@ void ver_buf_unref(ver_buf *vb)
     }
 }
 
-ver *ver_new(ver_buf *active, ver_buf *frozen, run *base)
+ver *ver_new(ver_buf *active, ver_buf *frozen, run *base, uint64_t active_from)
 {
     ver *v = malloc(sizeof *v);
     if (!v)
@@ -213,6 +213,7 @@ ver *ver_new(ver_buf *active, ver_buf *frozen, run *base)
     v->active = active;
     v->frozen = frozen;
     v->base = base;
+    v->active_from = active_from;
     v->retired_next = NULL;
     ver_buf_ref(active);
     if (frozen)

@@ -32,6 +32,10 @@ typedef struct ver {
     ver_buf *active;           /* never NULL */
     ver_buf *frozen;           /* being folded, or NULL */
     run *base;                 /* never NULL */
+    /* Every write in active has a seq above this, so a reader at a seq at
+     * or below it skips the active buffer (the usual state after a fold,
+     * until the next write). 0 when not known. */
+    uint64_t active_from;
     struct ver *retired_next;
 } ver;
 
@@ -55,6 +59,25 @@ static inline void ver_stat_add(ver_stripe *s, atomic_uint_fast64_t *c, uint64_t
         atomic_fetch_add_explicit(c, n, memory_order_relaxed);
     else
         atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                              memory_order_relaxed);
+}
+
+/* Count one index lookup that probed `probed` positions. */
+static inline void ver_stat_lookup(ver_stripe *s, uint64_t probed, int fallback)
+{
+    if (s->shared) {
+        atomic_fetch_add_explicit(&s->probed, probed, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->lookups, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&s->fallbacks, fallback != 0, memory_order_relaxed);
+        return;
+    }
+    atomic_store_explicit(&s->probed, atomic_load_explicit(&s->probed, memory_order_relaxed) + probed,
+                          memory_order_relaxed);
+    atomic_store_explicit(&s->lookups, atomic_load_explicit(&s->lookups, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    if (fallback)
+        atomic_store_explicit(&s->fallbacks,
+                              atomic_load_explicit(&s->fallbacks, memory_order_relaxed) + 1,
                               memory_order_relaxed);
 }
 
@@ -146,7 +169,7 @@ ver_buf *ver_buf_new(buf *b);          /* takes ownership of b; NULL on ENOMEM *
 void ver_buf_ref(ver_buf *vb);
 void ver_buf_unref(ver_buf *vb);
 /* A new version with one reference; takes new references on its parts. */
-ver *ver_new(ver_buf *active, ver_buf *frozen, run *base);
+ver *ver_new(ver_buf *active, ver_buf *frozen, run *base, uint64_t active_from);
 /* Make v current (v's reference becomes the domain's); the old current loses
  * the domain's reference. */
 void ver_publish(ver_domain *d, ver *v);

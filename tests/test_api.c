@@ -1644,6 +1644,64 @@ static void test_reopen_after_maintenance(void **state)
     tu_model_free(&m);
 }
 
+/* Right after a fold, or an open with nothing to replay, gets skip the
+ * empty write buffer; the first write after either must still be seen at
+ * once, by gets and scans, and only by views opened after it. */
+static void test_first_write_after_fold(void **state)
+{
+    (void)state;
+    kv_db *db = open_mode(KV_CREATE, KV_SYNC_OFF);
+    for (uint64_t k = 1; k <= 200; k++)
+        TU_OK(put_val(db, k * 10, k, 8));
+    for (int round = 0; round < 3; round++) {
+        if (round == 0)
+            TU_OK(kv_rebuild_index(db));
+        if (round == 1)
+            TU_OK(kv_snapshot(db));
+        if (round == 2) {
+            TU_OK(kv_close(db)); /* the snapshot covers everything: no replay */
+            db = open_mode(KV_CREATE, KV_SYNC_OFF);
+        }
+        kv_view *before;
+        TU_OK(kv_view_open(db, &before));
+        uint64_t tag = 1000 + (uint64_t)round;
+        TU_OK(put_val(db, 500, tag, 9));         /* overwrite of a base key */
+        TU_OK(put_val(db, 505 + (uint64_t)round, tag, 7)); /* a new key */
+        TU_OK(kv_delete(db, 10 * (uint64_t)(round + 1)));
+        expect_val(db, 500, tag, 9);
+        expect_val(db, 505 + (uint64_t)round, tag, 7);
+        expect_absent(db, 10 * (uint64_t)(round + 1));
+        const void *v;
+        size_t len;
+        TU_OK(kv_view_get(before, 500, &v, &len));
+        assert_int_equal(len, round == 0 ? 8 : 9); /* the value before this round's write */
+        assert_int_equal(kv_view_get(before, 505 + (uint64_t)round, &v, &len), KV_NOTFOUND);
+        kv_view_close(before);
+        kv_iter *it;
+        TU_OK(kv_iter_open(db, 500, 510, &it));
+        uint64_t key;
+        TU_OK(kv_iter_next(it, &key, &v, &len));
+        assert_true(key == 500 && len == 9);
+        for (int r = 0; r <= round; r++) {
+            TU_OK(kv_iter_next(it, &key, &v, &len));
+            assert_true(key == 505 + (uint64_t)r);
+        }
+        TU_OK(kv_iter_next(it, &key, &v, &len));
+        assert_true(key == 510);
+        assert_int_equal(kv_iter_next(it, &key, &v, &len), KV_NOTFOUND);
+        kv_iter_close(it);
+    }
+    TU_OK(kv_close(db));
+    /* And after a replay of those writes. */
+    db = open_mode(KV_CREATE, KV_SYNC_OFF);
+    expect_val(db, 500, 1002, 9);
+    expect_val(db, 507, 1002, 7);
+    expect_absent(db, 30);
+    TU_OK(put_val(db, 500, 2000, 3));
+    expect_val(db, 500, 2000, 3);
+    TU_OK(kv_close(db));
+}
+
 /* Pointers of a view into values that live in the snapshot file stay valid
  * and unchanged while new snapshots and compactions replace that file. */
 static void test_view_pins_snapshot(void **state)
@@ -1986,6 +2044,7 @@ int main(void)
         T(test_stats),
         T(test_durability_sync_modes),
         T(test_reopen_after_maintenance),
+        T(test_first_write_after_fold),
         T(test_view_pins_snapshot),
         T(test_index_distributions),
         T(test_auto_maintenance),

@@ -139,7 +139,7 @@ static ver_domain *domain_new(void)
     assert_int_equal(run_new_empty(&r), KV_OK);
     ver_buf *vb = ver_buf_new(b);
     assert_non_null(vb);
-    ver *v = ver_new(vb, NULL, r);
+    ver *v = ver_new(vb, NULL, r, 0);
     assert_non_null(v);
     ver_buf_unref(vb);
     run_unref(r);

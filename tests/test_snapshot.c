@@ -326,7 +326,7 @@ static void check_mapped_run(const run *r, const uint64_t *keys, size_t n, len_f
     for (size_t i = 0; i < n; i++) {
         assert_true(r->keys[i] == keys[i]);
         size_t len = vlen(i, n), got_len, probed;
-        const void *val;
+        const void *val = NULL;
         int fb = -1;
         assert_int_equal(run_get(r, keys[i], &val, &got_len, &probed, &fb), KV_OK);
         assert_int_equal(fb, 0); /* the stored model is exact on its keys */

@@ -39,7 +39,7 @@ static ver *new_version(run **base_out)
 {
     ver_buf *a = new_vbuf();
     run *r = new_run();
-    ver *v = ver_new(a, NULL, r);
+    ver *v = ver_new(a, NULL, r, 0);
     assert_non_null(v);
     ver_buf_unref(a);
     if (base_out)
@@ -96,7 +96,7 @@ static void test_shared_parts_survive(void **state)
     ver_domain_init(&d, v1);
     /* Freeze: the old active buffer becomes the frozen one of v2. */
     ver_buf *a2 = new_vbuf();
-    ver *v2 = ver_new(a2, v1->active, v1->base);
+    ver *v2 = ver_new(a2, v1->active, v1->base, 0);
     ver_buf_unref(a2);
     ver_buf *frozen = v1->active;
     ver_publish(&d, v2);
