@@ -9,7 +9,9 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "db.h"
 #include "kyro.h"
+#include "testutil.h"
 #include "version.h"
 
 #ifdef __linux__
@@ -285,6 +287,23 @@ static void test_membarrier_used_where_offered(void **state)
     ver_domain_destroy(&d);
 }
 
+/* Each reader's stripe has a cache line of its own in a real handle, or
+ * two threads' pins and statistics would bounce one line between them. */
+static void test_stripes_own_their_lines(void **state)
+{
+    (void)state;
+    char root[TU_PATH], dir[TU_PATH];
+    assert_int_equal(tu_mkdtemp(root, "version"), 0);
+    tu_join(dir, root, "db");
+    kv_db *db;
+    assert_int_equal(kv_open(dir, NULL, &db), KV_OK);
+    for (unsigned i = 0; i < VER_STRIPES; i++)
+        assert_int_equal((uintptr_t)&db->vd.stripes[i] % 64, 0);
+    assert_int_equal(sizeof(ver_stripe), 64);
+    assert_int_equal(kv_close(db), KV_OK);
+    assert_int_equal(tu_rmrf(root), 0);
+}
+
 /* The same tests again with fenced readers (as where membarrier is not
  * available), so both reader paths are exercised on every machine. */
 static int use_fences(void **state)
@@ -313,6 +332,7 @@ int main(void)
         cmocka_unit_test(test_synchronize_waits_for_pinned_reader),
         cmocka_unit_test(test_concurrent_publish_and_reclaim),
         cmocka_unit_test(test_grace_period_waits_for_every_stripe),
+        cmocka_unit_test(test_stripes_own_their_lines),
     };
     const struct CMUnitTest fenced[] = {
         cmocka_unit_test(test_fenced_readers_when_asked),
