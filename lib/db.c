@@ -37,9 +37,10 @@
 
 #define LOCK_NAME "LOCK"
 /* Bounds of the library-chosen fold threshold (base/8 between them). The
- * cap keeps the skiplist small enough that a random insert stays cheap and
- * the buffer's ~150 bytes per key a bounded share of memory; past it each
- * fold of a large base costs more per write, on the background thread. */
+ * cap keeps the buffer's hash and sorted runs small enough that a random
+ * insert stays cheap and the buffer's per-key bytes a bounded share of
+ * memory; past it each fold of a large base costs more per write, on the
+ * background thread. */
 #define MIN_FOLD ((uint64_t)1 << 16)
 #define MAX_FOLD ((uint64_t)1 << 20)
 #define APPLY_AHEAD 8 /* batch keys whose lookups are started ahead */
