@@ -71,7 +71,7 @@
 #define RMI_KEYS_PER_LEAF 168u
 #define RMI_SAMPLE 65536u /* keys looked at per root candidate */
 #define RMI_SHORT 3        /* fitted roots given trial fits */
-#define RMI_SIDE_PREFETCH 1024u /* widest side window prefetched whole, bytes */
+#define RMI_SIDE_PREFETCH 4096u /* most side bytes prefetched per lookup */
 
 enum { RMI_LINEAR = 0, RMI_LOG = 1, RMI_TABLE = 2 };
 
@@ -210,19 +210,21 @@ static inline size_t rmi_err(uint32_t e)
     return e == RMI_EMASK ? SIZE_MAX : (size_t)e;
 }
 
-/* The search window [*lo, *hi) for key; its lower bound is in [*lo, *hi]. */
-static inline void rmi_window(const rmi *m, uint64_t key, size_t *lo, size_t *hi)
+/* The search window [*lo, *hi) for key; its lower bound is in [*lo, *hi].
+ * Returns the predicted position (lo when the window is empty). */
+static inline size_t rmi_window(const rmi *m, uint64_t key, size_t *lo, size_t *hi)
 {
     const rmi_leaf *lf = &m->leaves[rmi_root(m, key)];
     size_t a = rmi_start(lf), e = rmi_start(lf + 1);
     if (a >= e) {
         *lo = *hi = a;
-        return;
+        return a;
     }
     size_t p = rmi_pred(lf, a, e - a, key);
     size_t elo = rmi_err(rmi_elo(lf)), ehi = rmi_err(rmi_ehi(lf));
     *lo = p - a > elo ? p - elo : a;
     *hi = e - p - 1 > ehi ? p + ehi + 1 : e;
+    return p;
 }
 
 static size_t rmi_leaf_width(const rmi_leaf *lf)
@@ -725,18 +727,21 @@ size_t rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *si
                 size_t *probed, int *fallback)
 {
     size_t n = m->n, lo, hi;
-    rmi_window(m, key, &lo, &hi);
-    if (hi > lo) {
-        /* Start loading the side array's entries for the whole window now,
-         * so their cache misses overlap the key probe's instead of
-         * following it. A window too wide for that gets its middle line. */
-        const char *s = side, *a = s + lo * stride, *e = s + hi * stride;
-        if ((size_t)(e - a) <= RMI_SIDE_PREFETCH) {
-            for (const char *q = (const char *)((uintptr_t)a & ~(uintptr_t)63); q < e; q += 64)
-                __builtin_prefetch(q);
-        } else {
-            __builtin_prefetch(s + ((lo + hi) / 2) * stride);
+    size_t p = rmi_window(m, key, &lo, &hi);
+    if (hi > lo && stride) {
+        /* Start loading the side array's entries for the window now, so
+         * their cache misses overlap the key probe's instead of following
+         * it: the whole window, or for a window wider than
+         * RMI_SIDE_PREFETCH bytes about that much of it around the
+         * prediction, where the key most likely is (at least its entry). */
+        size_t first = lo, last = hi, half = RMI_SIDE_PREFETCH / 2 / stride;
+        if (hi - lo > RMI_SIDE_PREFETCH / stride) { /* (hi - lo) * stride bytes, unoverflowed */
+            first = p - lo > half ? p - half : lo;
+            last = hi - p > half + 1 ? p + half + 1 : hi;
         }
+        const char *s = side, *a = s + first * stride, *e = s + last * stride;
+        for (const char *q = (const char *)((uintptr_t)a & ~(uintptr_t)63); q < e; q += 64)
+            __builtin_prefetch(q);
     }
     size_t r = m->probe(keys, lo, hi, key);
     /* r is the lower bound when keys[r - 1] < key <= keys[r]. */
