@@ -71,7 +71,7 @@
 #define RMI_KEYS_PER_LEAF 168u
 #define RMI_SAMPLE 65536u /* keys looked at per root candidate */
 #define RMI_SHORT 3        /* fitted roots given trial fits */
-#define RMI_SIDE_PREFETCH 4096u /* most side bytes prefetched per lookup */
+#define RMI_SIDE_PREFETCH 1024u /* most side bytes prefetched per lookup */
 
 enum { RMI_LINEAR = 0, RMI_LOG = 1, RMI_TABLE = 2 };
 
@@ -733,12 +733,17 @@ size_t rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *si
          * their cache misses overlap the key probe's instead of following
          * it: the whole window, or for a window wider than
          * RMI_SIDE_PREFETCH bytes about that much of it around the
-         * prediction, where the key most likely is (at least its entry). */
+         * prediction, where the key most likely is (at least its entry).
+         * The window's keys are asked for first, so that a dozen or more
+         * value lines in flight do not hold up the probe (an absent key
+         * needs only the probe). */
         size_t first = lo, last = hi, half = RMI_SIDE_PREFETCH / 2 / stride;
         if (hi - lo > RMI_SIDE_PREFETCH / stride) { /* (hi - lo) * stride bytes, unoverflowed */
             first = p - lo > half ? p - half : lo;
             last = hi - p > half + 1 ? p + half + 1 : hi;
         }
+        __builtin_prefetch(keys + lo);
+        __builtin_prefetch(keys + hi - 1);
         const char *s = side, *a = s + first * stride, *e = s + last * stride;
         for (const char *q = (const char *)((uintptr_t)a & ~(uintptr_t)63); q < e; q += 64)
             __builtin_prefetch(q);
