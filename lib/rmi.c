@@ -227,6 +227,14 @@ static inline size_t rmi_window(const rmi *m, uint64_t key, size_t *lo, size_t *
     return p;
 }
 
+/* Start loading the keys a probe of [lo, hi) reads first: both ends. */
+static inline void rmi_prefetch_keys(const uint64_t *keys, size_t lo, size_t hi)
+{
+    __builtin_prefetch(keys + lo);
+    if (hi > lo + 1)
+        __builtin_prefetch(keys + hi - 1);
+}
+
 static size_t rmi_leaf_width(const rmi_leaf *lf)
 {
     size_t cnt = rmi_start(lf + 1) - rmi_start(lf);
@@ -742,8 +750,7 @@ size_t rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *si
             first = p - lo > half ? p - half : lo;
             last = hi - p > half + 1 ? p + half + 1 : hi;
         }
-        __builtin_prefetch(keys + lo);
-        __builtin_prefetch(keys + hi - 1);
+        rmi_prefetch_keys(keys, lo, hi);
         const char *s = side, *a = s + first * stride, *e = s + last * stride;
         for (const char *q = (const char *)((uintptr_t)a & ~(uintptr_t)63); q < e; q += 64)
             __builtin_prefetch(q);
@@ -764,9 +771,7 @@ void rmi_prefetch(const rmi *m, const uint64_t *keys, uint64_t key)
 {
     size_t lo, hi;
     rmi_window(m, key, &lo, &hi);
-    __builtin_prefetch(keys + lo);
-    if (hi > lo + 1)
-        __builtin_prefetch(keys + hi - 1);
+    rmi_prefetch_keys(keys, lo, hi);
 }
 
 size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key, size_t *probed,

@@ -196,9 +196,10 @@ static void test_concurrent_publish_and_reclaim(void **state)
     int rounds = scale && scale[0] == 's' ? 300 : 3000;
     /* Publishing goes on until the readers have also checked enough
      * versions while it ran: on a loaded machine (or under a sanitizer)
-     * the readers may be scheduled only after the rounds are done. */
-    long overlap = 3L * rounds;
-    for (int i = 0; i < rounds || atomic_load(&c.checks) < overlap; i++) {
+     * the readers may be scheduled only after the rounds are done. Readers
+     * that never get there fail the test instead of hanging it. */
+    long overlap = 3L * rounds, limit = 1000L * rounds;
+    for (long i = 0; i < rounds || (atomic_load(&c.checks) < overlap && i < limit); i++) {
         ver_publish(&d, new_version(NULL));
         if (i % 4 == 0)
             ver_reclaim(&d);
@@ -209,6 +210,7 @@ static void test_concurrent_publish_and_reclaim(void **state)
     for (int i = 0; i < 3; i++)
         pthread_join(t[i], NULL);
     ver_reclaim(&d);
+    assert_true(atomic_load(&c.checks) >= overlap);
     ver_domain_destroy(&d);
 }
 
