@@ -1255,7 +1255,7 @@ int kv_stats_get(kv_db *db, kv_stats *out)
     if (!db || !out)
         return KV_EINVAL;
     memset(out, 0, sizeof *out);
-    unsigned tok = ver_pin(&db->vd);
+    ver_hold h = ver_enter(&db->vd);
     const ver *v = ver_current(&db->vd);
     const run *r = v->base;
     out->keys = atomic_load(&db->live_keys);
@@ -1264,7 +1264,7 @@ int kv_stats_get(kv_db *db, kv_stats *out)
                         (v->frozen ? buf_memory(v->frozen->b) : 0) + os_big_pooled();
     out->index_models = rmi_leaf_count(r->index);
     out->index_max_error = rmi_max_error(r->index);
-    ver_unpin(&db->vd, tok);
+    ver_leave(h);
 
     uint64_t probed = 0, lookups = 0;
     for (unsigned i = 0; i < VER_STRIPES; i++) {

@@ -63,7 +63,7 @@ struct kv_db {
 
 /* Newest state of key as seen through version v at sequence seq, newest
  * layer first; the base lookup is counted on stripe st (the caller's own,
- * see ver_token_stripe). Inline, like everything below it on a get. */
+ * its ver_hold's). Inline, like everything below it on a get. */
 static inline int db_lookup(const ver *v, uint64_t seq, uint64_t key, const void **val,
                             size_t *len, ver_stripe *st)
 {

@@ -20,13 +20,12 @@ int kv_get(kv_db *db, uint64_t key, void *buf, size_t cap, size_t *len)
 {
     if (!db || !len || (!buf && cap))
         return KV_EINVAL;
-    unsigned tok = ver_pin(&db->vd);
-    ver_stripe *st = ver_token_stripe(&db->vd, tok);
+    ver_hold h = ver_enter(&db->vd);
     const ver *v = ver_current(&db->vd);
     uint64_t seq = atomic_load_explicit(&db->visible_seq, memory_order_acquire);
     const void *val;
     size_t vlen;
-    int rc = db_lookup(v, seq, key, &val, &vlen, st);
+    int rc = db_lookup(v, seq, key, &val, &vlen, h.stripe);
     if (rc == KV_OK) {
         *len = vlen;
         if (vlen > cap)
@@ -34,8 +33,8 @@ int kv_get(kv_db *db, uint64_t key, void *buf, size_t cap, size_t *len)
         else if (vlen)
             memcpy(buf, val, vlen);
     }
-    ver_stat_add(st, &st->gets, 1);
-    ver_unpin(&db->vd, tok);
+    ver_stat_add(h.stripe, &h.stripe->gets, 1);
+    ver_leave(h);
     return rc;
 }
 
@@ -43,13 +42,12 @@ int kv_get_alloc(kv_db *db, uint64_t key, void **out, size_t *len)
 {
     if (!db || !out || !len)
         return KV_EINVAL;
-    unsigned tok = ver_pin(&db->vd);
-    ver_stripe *st = ver_token_stripe(&db->vd, tok);
+    ver_hold h = ver_enter(&db->vd);
     const ver *v = ver_current(&db->vd);
     uint64_t seq = atomic_load_explicit(&db->visible_seq, memory_order_acquire);
     const void *val;
     size_t vlen;
-    int rc = db_lookup(v, seq, key, &val, &vlen, st);
+    int rc = db_lookup(v, seq, key, &val, &vlen, h.stripe);
     if (rc == KV_OK) {
         void *copy = malloc(vlen ? vlen : 1);
         if (!copy) {
@@ -61,8 +59,8 @@ int kv_get_alloc(kv_db *db, uint64_t key, void **out, size_t *len)
             *len = vlen;
         }
     }
-    ver_stat_add(st, &st->gets, 1);
-    ver_unpin(&db->vd, tok);
+    ver_stat_add(h.stripe, &h.stripe->gets, 1);
+    ver_leave(h);
     return rc;
 }
 
@@ -168,11 +166,11 @@ int kv_view_iter_open(kv_view *vw, uint64_t lo, uint64_t hi, kv_iter **out)
     const ver *v = vw->v;
     /* Seeking takes a reference on each buffer's ordered index, which the
      * buffer's writer frees only after a grace period: pin for it. */
-    unsigned tok = ver_pin(&vw->db->vd);
+    ver_hold h = ver_enter(&vw->db->vd);
     buf_iter_seek(v->active->b, &it->bi[SRC_ACTIVE], lo, vw->seq);
     if (v->frozen)
         buf_iter_seek(v->frozen->b, &it->bi[SRC_FROZEN], lo, vw->seq);
-    ver_unpin(&vw->db->vd, tok);
+    ver_leave(h);
     iter_advance(it, SRC_ACTIVE);
     if (v->frozen)
         iter_advance(it, SRC_FROZEN);

@@ -66,92 +66,17 @@
 #define RMI_VERSION 1u
 #define RMI_HEADER 48u
 #define RMI_LEAF_BYTES 40u
-#define RMI_VMAX ((int64_t)1 << 61)
 #define RMI_ERR_UNBOUNDED UINT32_MAX /* in the serialised form */
 #define RMI_KEYS_PER_LEAF 168u
 #define RMI_SAMPLE 65536u /* keys looked at per root candidate */
 #define RMI_SHORT 3        /* fitted roots given trial fits */
-#define RMI_SIDE_PREFETCH 1024u /* most side bytes prefetched per lookup */
-
-enum { RMI_LINEAR = 0, RMI_LOG = 1, RMI_TABLE = 2 };
-
-/* 24 bytes, so that the model stays near 1-2 % of the key array: a float
- * slope loses nothing that matters over a leaf's few hundred positions,
- * and errors beyond RMI_ELIM_MAX are rare enough to mean "whole leaf". */
-#define RMI_START_BITS 40
-#define RMI_START_MASK (((uint64_t)1 << RMI_START_BITS) - 1)
-#define RMI_EBITS 12
-#define RMI_EMASK ((1u << RMI_EBITS) - 1)  /* stored error meaning "unbounded" */
-#define RMI_OFF_MAX ((int32_t)1 << 30)
-
-typedef struct {
-    uint64_t kbase;   /* first key of the leaf; keys below it evaluate as kbase */
-    uint64_t pos;     /* a_j (40 bits) | err_lo << 40 | err_hi << 52 */
-    float slope;      /* >= 0, finite */
-    int32_t off;      /* |off| <= 2^30 */
-} rmi_leaf;
-
-static inline size_t rmi_start(const rmi_leaf *lf)
-{
-    return (size_t)(lf->pos & RMI_START_MASK);
-}
-
-static inline uint32_t rmi_elo(const rmi_leaf *lf)
-{
-    return (uint32_t)(lf->pos >> RMI_START_BITS) & RMI_EMASK;
-}
-
-static inline uint32_t rmi_ehi(const rmi_leaf *lf)
-{
-    return (uint32_t)(lf->pos >> (RMI_START_BITS + RMI_EBITS)) & RMI_EMASK;
-}
 
 static inline void rmi_set_pos(rmi_leaf *lf, uint64_t start, uint32_t elo, uint32_t ehi)
 {
     lf->pos = start | (uint64_t)elo << RMI_START_BITS | (uint64_t)ehi << (RMI_START_BITS + RMI_EBITS);
 }
 
-struct rmi {
-    size_t n;
-    size_t nleaves;    /* L >= 1 */
-    int kind;          /* RMI_LINEAR, RMI_LOG or RMI_TABLE */
-    uint64_t kmin;
-    double slope;      /* linear and log roots */
-    int64_t off;
-    unsigned tlog;     /* table root: bucket = T(key - kmin) >> shift, T = flog */
-    unsigned shift;    /* if tlog else identity, clamped below 2^tbits */
-    unsigned tbits;
-    uint32_t *table;   /* 2^tbits + 1 entries: first leaf >= 1 in bucket b */
-    uint64_t max_err;  /* largest window width */
-    probe_fn probe;
-    rmi_leaf *leaves;  /* L + 1 entries; leaves[L].start == n is a sentinel */
-};
-
 /* ---- Evaluation (shared by training and lookup) ----------------------- */
-
-/* A monotone integer log2 below 2^63: 7 bits of exponent, 56 of mantissa. */
-static inline uint64_t rmi_flog(uint64_t d)
-{
-    if (d == 0)
-        return 0;
-    int z = __builtin_clzll(d);
-    return ((uint64_t)(64 - z) << 56) | (((d << z) << 1) >> 8);
-}
-
-static inline int64_t rmi_line(double slope, int64_t off, double x)
-{
-    double p = slope * x;
-    int64_t v = p < 0x1p61 ? (int64_t)p : RMI_VMAX; /* NaN cannot occur; it would saturate */
-    return v + off;
-}
-
-/* The root's input, below 2^63 so that it converts to double without a
- * branch on the top bit (the linear kind drops the lowest bit for that). */
-static inline double rmi_root_x(int kind, uint64_t kmin, uint64_t key)
-{
-    uint64_t d = key > kmin ? key - kmin : 0;
-    return (double)(int64_t)(kind == RMI_LOG ? rmi_flog(d) : d >> 1);
-}
 
 static inline size_t rmi_bucket(const rmi *m, uint64_t key)
 {
@@ -165,7 +90,7 @@ static inline size_t rmi_bucket(const rmi *m, uint64_t key)
  * by a branchless search over the leaves whose first key shares key's
  * bucket. Leaves 1..L-1 are listed in the table, leaf 0 takes what is
  * below them all. */
-static inline size_t rmi_root_table(const rmi *m, uint64_t key)
+size_t rmi_root_table(const rmi *m, uint64_t key)
 {
     size_t b = rmi_bucket(m, key);
     size_t base = m->table[b], len = m->table[b + 1] - base;
@@ -179,60 +104,6 @@ static inline size_t rmi_root_table(const rmi *m, uint64_t key)
         base += lf[base].kbase <= key;
     }
     return base - 1;
-}
-
-static inline size_t rmi_root(const rmi *m, uint64_t key)
-{
-    if (m->kind == RMI_TABLE)
-        return rmi_root_table(m, key);
-    int64_t s = rmi_line(m->slope, m->off, rmi_root_x(m->kind, m->kmin, key));
-    if (s < 0)
-        return 0;
-    if ((uint64_t)s >= m->nleaves)
-        return m->nleaves - 1;
-    return (size_t)s;
-}
-
-/* Predicted position of key in a leaf starting at a with cnt >= 1 keys. */
-static inline size_t rmi_pred(const rmi_leaf *lf, size_t a, size_t cnt, uint64_t key)
-{
-    uint64_t d = key > lf->kbase ? key - lf->kbase : 0;
-    int64_t s = rmi_line((double)lf->slope, lf->off, (double)d);
-    if (s < 0)
-        s = 0;
-    if ((uint64_t)s >= cnt)
-        s = (int64_t)(cnt - 1);
-    return a + (size_t)s;
-}
-
-static inline size_t rmi_err(uint32_t e)
-{
-    return e == RMI_EMASK ? SIZE_MAX : (size_t)e;
-}
-
-/* The search window [*lo, *hi) for key; its lower bound is in [*lo, *hi].
- * Returns the predicted position (lo when the window is empty). */
-static inline size_t rmi_window(const rmi *m, uint64_t key, size_t *lo, size_t *hi)
-{
-    const rmi_leaf *lf = &m->leaves[rmi_root(m, key)];
-    size_t a = rmi_start(lf), e = rmi_start(lf + 1);
-    if (a >= e) {
-        *lo = *hi = a;
-        return a;
-    }
-    size_t p = rmi_pred(lf, a, e - a, key);
-    size_t elo = rmi_err(rmi_elo(lf)), ehi = rmi_err(rmi_ehi(lf));
-    *lo = p - a > elo ? p - elo : a;
-    *hi = e - p - 1 > ehi ? p + ehi + 1 : e;
-    return p;
-}
-
-/* Start loading the keys a probe of [lo, hi) reads first: both ends. */
-static inline void rmi_prefetch_keys(const uint64_t *keys, size_t lo, size_t hi)
-{
-    __builtin_prefetch(keys + lo);
-    if (hi > lo + 1)
-        __builtin_prefetch(keys + hi - 1);
 }
 
 static size_t rmi_leaf_width(const rmi_leaf *lf)
@@ -676,7 +547,7 @@ void rmi_free(rmi *m)
 
 /* ---- Lookup ----------------------------------------------------------- */
 
-static size_t rmi_widen(const uint64_t *keys, size_t n, size_t r, uint64_t key)
+size_t rmi_widen(const uint64_t *keys, size_t n, size_t r, uint64_t key)
 {
     size_t lo, hi, step = 1;
     if (r > 0 && keys[r - 1] >= key) {
@@ -729,42 +600,6 @@ size_t rmi_lower_bound_with(const rmi *m, const uint64_t *keys, uint64_t key, pr
     if (fallback)
         *fallback = missed;
     return r;
-}
-
-size_t rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *side, size_t stride,
-                size_t *probed, int *fallback)
-{
-    size_t n = m->n, lo, hi;
-    size_t p = rmi_window(m, key, &lo, &hi);
-    if (hi > lo && stride) {
-        /* Start loading the side array's entries for the window now, so
-         * their cache misses overlap the key probe's instead of following
-         * it: the whole window, or for a window wider than
-         * RMI_SIDE_PREFETCH bytes about that much of it around the
-         * prediction, where the key most likely is (at least its entry).
-         * The window's keys are asked for first, so that a dozen or more
-         * value lines in flight do not hold up the probe (an absent key
-         * needs only the probe). */
-        size_t first = lo, last = hi, half = RMI_SIDE_PREFETCH / 2 / stride;
-        if (hi - lo > RMI_SIDE_PREFETCH / stride) { /* (hi - lo) * stride bytes, unoverflowed */
-            first = p - lo > half ? p - half : lo;
-            last = hi - p > half + 1 ? p + half + 1 : hi;
-        }
-        rmi_prefetch_keys(keys, lo, hi);
-        const char *s = side, *a = s + first * stride, *e = s + last * stride;
-        for (const char *q = (const char *)((uintptr_t)a & ~(uintptr_t)63); q < e; q += 64)
-            __builtin_prefetch(q);
-    }
-    size_t r = m->probe(keys, lo, hi, key);
-    /* r is the lower bound when keys[r - 1] < key <= keys[r]. */
-    int missed = !((r == 0 || keys[r - 1] < key) && (r == n || keys[r] >= key));
-    if (missed)
-        r = rmi_widen(keys, n, r, key);
-    if (probed)
-        *probed = hi - lo;
-    if (fallback)
-        *fallback = missed;
-    return r < n && keys[r] == key ? r : SIZE_MAX;
 }
 
 void rmi_prefetch(const rmi *m, const uint64_t *keys, uint64_t key)

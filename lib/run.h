@@ -77,7 +77,13 @@ static inline int run_get(const run *r, uint64_t key, const void **val, size_t *
      * reference lies, so that load starts beside the key probe. */
     const void *side = r->fixed_values ? (const void *)r->fixed_values : (const void *)r->vrefs;
     size_t stride = r->fixed_values ? r->fixed_len : sizeof *r->vrefs;
-    size_t i = rmi_find(r->index, r->keys, key, side, stride, probed, fallback);
+    size_t width;
+    int missed;
+    size_t i = rmi_find(r->index, r->keys, key, side, stride, &width, &missed);
+    if (probed)
+        *probed = width;
+    if (fallback)
+        *fallback = missed;
     if (i == SIZE_MAX)
         return KV_NOTFOUND;
     *val = run_value(r, i, len);

@@ -153,18 +153,19 @@ int ver_domain_init(ver_domain *d, ver *initial)
         atomic_init(&s->lookups, 0);
         atomic_init(&s->fallbacks, 0);
         s->shared = i == SHARED_STRIPE;
+        s->fence_free = d->asym && !s->shared;
     }
     return pthread_mutex_init(&d->sync_lock, NULL) == 0 ? 0 : -1;
 }
 
-unsigned ver_pin_fenced(ver_domain *d, unsigned s)
+ver_hold ver_enter_fenced(ver_domain *d, ver_stripe *st)
 {
     for (;;) {
-        unsigned p = atomic_load(&d->parity) & 1;
-        atomic_fetch_add(&d->stripes[s].pins[p], 1);
-        if ((atomic_load(&d->parity) & 1) == p)
-            return s << 1 | p;
-        atomic_fetch_sub(&d->stripes[s].pins[p], 1);
+        atomic_uint_fast64_t *pin = &st->pins[atomic_load(&d->parity) & 1];
+        atomic_fetch_add(pin, 1);
+        if (pin == &st->pins[atomic_load(&d->parity) & 1])
+            return (ver_hold){st, pin};
+        atomic_fetch_sub(pin, 1);
     }
 }
 
@@ -233,14 +234,14 @@ static void ver_free(ver *v)
 ver *ver_acquire(ver_domain *d)
 {
     for (;;) {
-        unsigned tok = ver_pin(d);
+        ver_hold h = ver_enter(d);
         ver *v = ver_current(d);
         uint_fast32_t n = atomic_load(&v->refs);
         /* Increment only if still live: a count of zero means the version
          * is already queued for reclamation; load the newer current. */
         while (n != 0 && !atomic_compare_exchange_weak(&v->refs, &n, n + 1)) {
         }
-        ver_unpin(d, tok);
+        ver_leave(h);
         if (n != 0)
             return v;
     }

@@ -48,7 +48,8 @@ typedef struct ver {
 typedef struct ver_stripe {
     _Alignas(64) atomic_uint_fast64_t pins[2];
     atomic_uint_fast64_t gets, scans, probed, lookups, fallbacks;
-    int shared; /* set once at init for the last stripe */
+    int shared;     /* set once at init for the last stripe */
+    int fence_free; /* set once at init: not shared, and the domain is asym */
 } ver_stripe;
 
 /* Add to one of a stripe's statistics. On a stripe its thread owns this is
@@ -114,44 +115,40 @@ static inline ver_stripe *ver_my_stripe(ver_domain *d)
     return &d->stripes[ver_stripe_index()];
 }
 
-/* Reader side: lock-free. ver_pin returns a token for ver_unpin, which the
- * same thread must call; between the two, ver_current's result and
- * everything it points to stays valid. Pins nest. The fast path (membarrier
+/* Reader side: lock-free. ver_enter returns the hold for ver_leave, which
+ * the same thread must call; between the two, ver_current's result and
+ * everything it points to stays valid. Holds nest. The fast path (membarrier
  * domain, a stripe of the thread's own) is inline; the rest is
- * ver_pin_fenced. */
-unsigned ver_pin_fenced(ver_domain *d, unsigned stripe);
-static inline unsigned ver_pin(ver_domain *d)
+ * ver_enter_fenced. */
+typedef struct ver_hold {
+    ver_stripe *stripe;        /* the holder's own: count its reads here */
+    atomic_uint_fast64_t *pin; /* the pin counter it raised */
+} ver_hold;
+ver_hold ver_enter_fenced(ver_domain *d, ver_stripe *st);
+static inline ver_hold ver_enter(ver_domain *d)
 {
-    unsigned s = ver_stripe_index();
-    ver_stripe *st = &d->stripes[s];
-    if (!d->asym || st->shared)
-        return ver_pin_fenced(d, s);
+    ver_stripe *st = &d->stripes[ver_stripe_index()];
+    if (!st->fence_free)
+        return ver_enter_fenced(d, st);
     for (;;) {
-        unsigned p = atomic_load_explicit(&d->parity, memory_order_relaxed) & 1;
-        uint_fast64_t n = atomic_load_explicit(&st->pins[p], memory_order_relaxed);
-        atomic_store_explicit(&st->pins[p], n + 1, memory_order_relaxed);
+        atomic_uint_fast64_t *pin = &st->pins[atomic_load_explicit(&d->parity, memory_order_relaxed) & 1];
+        uint_fast64_t n = atomic_load_explicit(pin, memory_order_relaxed);
+        atomic_store_explicit(pin, n + 1, memory_order_relaxed);
         /* Keeps the compiler from moving the re-read above the store; the
          * CPU's side is ver_synchronize's membarrier (version.c). */
         atomic_signal_fence(memory_order_seq_cst);
-        if ((atomic_load_explicit(&d->parity, memory_order_acquire) & 1) == p)
-            return s << 1 | p;
-        atomic_store_explicit(&st->pins[p], n, memory_order_relaxed);
+        if (pin == &st->pins[atomic_load_explicit(&d->parity, memory_order_acquire) & 1])
+            return (ver_hold){st, pin};
+        atomic_store_explicit(pin, n, memory_order_relaxed);
     }
 }
-static inline void ver_unpin(ver_domain *d, unsigned token)
+static inline void ver_leave(ver_hold h)
 {
-    ver_stripe *st = &d->stripes[token >> 1];
-    atomic_uint_fast64_t *pin = &st->pins[token & 1];
-    if (d->asym && !st->shared)
-        atomic_store_explicit(pin, atomic_load_explicit(pin, memory_order_relaxed) - 1,
+    if (h.stripe->fence_free)
+        atomic_store_explicit(h.pin, atomic_load_explicit(h.pin, memory_order_relaxed) - 1,
                               memory_order_release);
     else
-        atomic_fetch_sub_explicit(pin, 1, memory_order_release);
-}
-/* The stripe a pin's token counts on (the pinning thread's own). */
-static inline ver_stripe *ver_token_stripe(ver_domain *d, unsigned token)
-{
-    return &d->stripes[token >> 1];
+        atomic_fetch_sub_explicit(h.pin, 1, memory_order_release);
 }
 static inline ver *ver_current(ver_domain *d)
 {

@@ -161,10 +161,12 @@ static void domain_grace(void *ctx)
 /* buf_iter_seek, pinned in d when there is one. */
 static void seek_pinned(ver_domain *d, const buf *b, buf_iter *it, uint64_t lo, uint64_t seq)
 {
-    unsigned tok = d ? ver_pin(d) : 0;
+    ver_hold h = {0};
+    if (d)
+        h = ver_enter(d);
     buf_iter_seek(b, it, lo, seq);
     if (d)
-        ver_unpin(d, tok);
+        ver_leave(h);
 }
 
 static void test_empty(void **state)

@@ -56,9 +56,9 @@ static void test_pin_sees_current(void **state)
     ver_domain d;
     ver *v1 = new_version(NULL);
     assert_int_equal(ver_domain_init(&d, v1), 0);
-    unsigned tok = ver_pin(&d);
+    ver_hold h = ver_enter(&d);
     assert_ptr_equal(ver_current(&d), v1);
-    ver_unpin(&d, tok);
+    ver_leave(h);
     ver *v2 = new_version(NULL);
     ver_publish(&d, v2);
     assert_ptr_equal(ver_current(&d), v2);
@@ -120,14 +120,14 @@ typedef struct {
 static void *hold_pin(void *arg)
 {
     hold_ctx *c = arg;
-    unsigned tok = ver_pin(c->d);
+    ver_hold h = ver_enter(c->d);
     atomic_store(&c->pinned, 1);
     while (!atomic_load(&c->release)) {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
     }
     atomic_store(&c->unpinned, 1);
-    ver_unpin(c->d, tok);
+    ver_leave(h);
     return NULL;
 }
 
@@ -171,10 +171,10 @@ static void *stress_reader(void *arg)
 {
     stress_ctx *c = arg;
     while (!atomic_load(&c->stop)) {
-        unsigned tok = ver_pin(c->d);
+        ver_hold h = ver_enter(c->d);
         ver *v = ver_current(c->d);
         assert_true(v->base->nsegs == 1 && v->active->b != NULL);
-        ver_unpin(c->d, tok);
+        ver_leave(h);
         ver *held = ver_acquire(c->d);
         assert_true(atomic_load(&held->refs) >= 1);
         ver_release(c->d, held);
@@ -225,13 +225,13 @@ typedef struct {
 static void *pin_twice_and_hold(void *arg)
 {
     many_ctx *c = arg;
-    unsigned t1 = ver_pin(c->d);
-    unsigned t2 = ver_pin(c->d);
+    ver_hold h1 = ver_enter(c->d);
+    ver_hold h2 = ver_enter(c->d);
     atomic_fetch_add(&c->pinned, 1);
     while (!atomic_load(&c->release))
         sched_yield();
-    ver_unpin(c->d, t2);
-    ver_unpin(c->d, t1);
+    ver_leave(h2);
+    ver_leave(h1);
     return NULL;
 }
 
