@@ -129,12 +129,27 @@ static uint64_t *gen_keys(int d, size_t *n)
 
 /* ---- Checks ----------------------------------------------------------- */
 
+/* rmi_find(key) is want (a position or SIZE_MAX), reporting fallback as
+ * want_fb says (-1: either); the side array is the keys themselves. */
+static void check_find(const rmi *m, const uint64_t *keys, uint64_t key, size_t want, int want_fb)
+{
+    size_t probed = 0;
+    int fb = -1;
+    size_t got = rmi_find(m, keys, key, keys, sizeof *keys, &probed, &fb);
+    if (got != want || (want_fb >= 0 && fb != want_fb) || (fb != 0 && fb != 1))
+        fail_msg("rmi_find %llu: got %zu want %zu fallback %d", (unsigned long long)key, got, want,
+                 fb);
+}
+
+/* key at its lower bound (called "absent", though 0 and UINT64_MAX may be
+ * keys) without a fallback; rmi_find agrees. */
 static void check_absent(const rmi *m, const uint64_t *keys, size_t n, uint64_t key)
 {
     size_t probed = 0;
     int fb = -1;
     size_t got = rmi_lower_bound(m, keys, key, &probed, &fb);
     size_t want = ref_lower_bound(keys, n, key);
+    check_find(m, keys, key, want < n && keys[want] == key ? want : SIZE_MAX, 0);
     if (got != want || fb != 0)
         fail_msg("key %llu: got %zu want %zu fallback %d", (unsigned long long)key, got, want, fb);
     if (probed > rmi_max_error(m))
@@ -159,6 +174,7 @@ static void check_model(const rmi *m, const uint64_t *keys, size_t n)
         if (probed < 1 || probed > rmi_max_error(m))
             fail_msg("present key at %zu: probed %zu, max error %llu", i, probed,
                      (unsigned long long)rmi_max_error(m));
+        check_find(m, keys, keys[i], i, 0);
         if (keys[i] > 0 && (i == 0 || keys[i - 1] != keys[i] - 1))
             check_absent(m, keys, n, keys[i] - 1);
         if (keys[i] < UINT64_MAX && (i + 1 == n || keys[i + 1] != keys[i] + 1))
@@ -178,9 +194,11 @@ static void check_model(const rmi *m, const uint64_t *keys, size_t n)
 /* Lookups that must be right, fallbacks allowed (a model that may be wrong). */
 static void check_answers(const rmi *m, const uint64_t *keys, size_t n, int queries)
 {
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
         if (rmi_lower_bound(m, keys, keys[i], NULL, NULL) != i)
             fail_msg("present key at %zu answered wrongly", i);
+        check_find(m, keys, keys[i], i, -1);
+    }
     for (int t = 0; t < queries; t++) {
         uint64_t key = (t & 1) && n ? keys[rnd() % n] + 1 : rnd();
         if (t == 0)
@@ -188,9 +206,11 @@ static void check_answers(const rmi *m, const uint64_t *keys, size_t n, int quer
         if (t == 1)
             key = UINT64_MAX;
         int fb = -1;
-        if (rmi_lower_bound(m, keys, key, NULL, &fb) != ref_lower_bound(keys, n, key))
+        size_t want = ref_lower_bound(keys, n, key);
+        if (rmi_lower_bound(m, keys, key, NULL, &fb) != want)
             fail_msg("key %llu answered wrongly", (unsigned long long)key);
         assert_true(fb == 0 || fb == 1);
+        check_find(m, keys, key, want < n && keys[want] == key ? want : SIZE_MAX, -1);
     }
 }
 
@@ -564,13 +584,18 @@ static void test_rmi_wrong_model_falls_back(void **state)
             put64(c + 40, (uint64_t)(L / 2));
         }
         assert_int_equal(rmi_deserialize(c, len, n, &w), KV_OK);
-        size_t fallbacks = 0;
+        size_t fallbacks = 0, find_fallbacks = 0;
         for (size_t i = 0; i < n; i++) {
             int fb = -1;
             assert_int_equal(rmi_lower_bound(w, keys, keys[i], NULL, &fb), i);
             fallbacks += (size_t)fb;
+            size_t probed;
+            assert_int_equal(rmi_find(w, keys, keys[i], keys, sizeof *keys, &probed, &fb), i);
+            find_fallbacks += (size_t)fb;
         }
         assert_true(fallbacks > 0);
+        /* a found key needs no widening, so rmi_find may fall back less */
+        assert_true(find_fallbacks <= fallbacks);
         check_answers(w, keys, n, 20000);
         rmi_free(w);
         free(c);
