@@ -1172,8 +1172,11 @@ struct bench {
     double durable_secs;
 };
 
+/* One cache line or more each: a worker counts every operation in ops,
+ * and that store must not share a line with what another worker reads on
+ * every operation (its b, e, ph), or 2-thread rows measure the sharing. */
 struct worker {
-    const struct bench *b;
+    _Alignas(64) const struct bench *b;
     const struct engine *e;
     void *h;
     enum phase ph;
