@@ -1,6 +1,7 @@
 /*
  * rmi.c — the learned index: a two-stage Recursive Model Index over n sorted,
- * strictly ascending uint64 keys. Owns training, lookup, the serialised form.
+ * strictly ascending uint64 keys. Owns training and the serialised form; the
+ * lookup (evaluation below, rmi_find) is inline in rmi.h.
  *
  * Evaluation is integer work around one double multiply (no add follows it,
  * so a fused multiply-add cannot make training and lookup disagree):

@@ -206,7 +206,7 @@ size_t rmi_widen(const uint64_t *keys, size_t n, size_t r, uint64_t key);
  * the middle of the predicted entry (of its first RMI_SIDE_SPAN bytes, for
  * a longer one), which hold the key's own entry for most keys (the
  * prediction is off by under three positions on average). A fixed number
- * of lines, so no loop: on a get the instructions count as much as the
+ * of lines, unrolled: on a get the instructions count as much as the
  * misses, since fewer of them let the next get's misses start sooner.
  * *probed gets the window's width, *fallback whether the window missed. */
 static inline size_t rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *side,
