@@ -71,6 +71,7 @@
 #define RMI_KEYS_PER_LEAF 168u
 #define RMI_SAMPLE 65536u /* keys looked at per root candidate */
 #define RMI_SHORT 3        /* fitted roots given trial fits */
+#define RMI_OFF_MAX ((int32_t)1 << 30) /* a leaf offset, clamped to fit its int32 */
 
 static inline void rmi_set_pos(rmi_leaf *lf, uint64_t start, uint32_t elo, uint32_t ehi)
 {

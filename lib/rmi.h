@@ -70,7 +70,6 @@ enum { RMI_LINEAR = 0, RMI_LOG = 1, RMI_TABLE = 2 };
 #define RMI_START_MASK (((uint64_t)1 << RMI_START_BITS) - 1)
 #define RMI_EBITS 12
 #define RMI_EMASK ((1u << RMI_EBITS) - 1)  /* stored error meaning "unbounded" */
-#define RMI_OFF_MAX ((int32_t)1 << 30)
 
 typedef struct {
     uint64_t kbase;   /* first key of the leaf; keys below it evaluate as kbase */
