@@ -297,7 +297,10 @@ static size_t page_round(size_t bytes)
 }
 
 /* A pooled block resized to bytes (page-rounded), or NULL. Takes the
- * smallest block that is big enough, else the largest one (grown). */
+ * smallest block that is big enough, else the largest one (grown). A block
+ * bigger than asked for is split, its tail going back to the pool: shrinking
+ * it would hand populated pages back to the system, and the next fold, which
+ * needs them again, would fault every one of them in afresh. */
 static void *pool_take(size_t bytes)
 {
     pthread_mutex_lock(&pool_lock);
@@ -313,10 +316,17 @@ static void *pool_take(size_t bytes)
         pthread_mutex_unlock(&pool_lock);
         return NULL;
     }
-    void *p = pool[pick].p;
+    char *p = pool[pick].p;
     size_t have = pool[pick].bytes;
-    pool[pick] = pool[--pool_n];
-    pool_bytes -= have;
+    if (have > bytes && have - bytes >= OS_BIG_ALLOC) {
+        pool[pick].p = p + bytes;
+        pool[pick].bytes = have - bytes;
+        pool_bytes -= bytes;
+        have = bytes;
+    } else {
+        pool[pick] = pool[--pool_n];
+        pool_bytes -= have;
+    }
     atomic_store_explicit(&pool_last_use_ns, mono_ns(), memory_order_relaxed);
     pthread_mutex_unlock(&pool_lock);
     if (have == bytes)

@@ -242,6 +242,48 @@ static void test_big_block_pool(void **state)
     assert_int_equal(os_big_pooled(), 0);
 }
 
+/* A pooled block bigger than asked for is split: the head is handed out,
+ * the tail stays pooled (still populated, not unmapped), and each piece is
+ * freed and reused on its own. */
+static void test_big_block_pool_splits(void **state)
+{
+    (void)state;
+    os_big_trim(0);
+    const size_t whole = (size_t)1 << 20, piece = (size_t)256 << 10;
+    unsigned char *block = os_big_alloc_raw(whole);
+    assert_non_null(block);
+    memset(block, 0x5A, whole);
+    os_big_free(block, whole);
+    assert_int_equal(os_big_pooled(), whole);
+
+    unsigned char *head = os_big_alloc_raw(piece);
+    assert_ptr_equal(head, block);
+    assert_int_equal(os_big_pooled(), whole - piece);
+    unsigned char *next = os_big_alloc(piece);
+    assert_ptr_equal(next, block + piece);
+    assert_int_equal(os_big_pooled(), whole - 2 * piece);
+    for (size_t off = 0; off < piece; off += 4093)
+        assert_int_equal(next[off], 0);
+    assert_int_equal(head[piece - 1], 0x5A); /* the raw head kept its bytes */
+    memset(head, 1, piece);
+    memset(next, 2, piece);
+    assert_int_equal(block[whole - 1], 0x5A); /* the pooled tail is untouched */
+
+    /* A remainder smaller than OS_BIG_ALLOC is not worth a pool entry. */
+    const size_t tail_bytes = whole - 2 * piece - OS_BIG_ALLOC / 2;
+    unsigned char *tail = os_big_alloc_raw(tail_bytes);
+    assert_ptr_equal(tail, block + 2 * piece);
+    assert_int_equal(os_big_pooled(), 0);
+    memset(tail, 3, tail_bytes);
+
+    os_big_free(next, piece);
+    os_big_free(head, piece);
+    os_big_free(tail, tail_bytes);
+    assert_int_equal(os_big_pooled(), 2 * piece + tail_bytes);
+    os_big_trim(0);
+    assert_int_equal(os_big_pooled(), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -252,6 +294,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fault_short_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmap_read, setup, teardown),
         cmocka_unit_test(test_big_block_pool),
+        cmocka_unit_test(test_big_block_pool_splits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
