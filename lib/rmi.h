@@ -185,9 +185,12 @@ static inline size_t rmi_window(const rmi *m, uint64_t key, size_t *lo, size_t *
 /* Start loading the keys a probe of [lo, hi) reads first: both ends. */
 static inline void rmi_prefetch_keys(const uint64_t *keys, size_t lo, size_t hi)
 {
-    __builtin_prefetch(keys + lo);
+    /* As integers: an empty run's keys may be NULL, where even keys + 0 is
+     * undefined; a prefetch of any address is harmless. */
+    uintptr_t base = (uintptr_t)keys;
+    __builtin_prefetch((const void *)(base + lo * sizeof *keys));
     if (hi > lo + 1)
-        __builtin_prefetch(keys + hi - 1);
+        __builtin_prefetch((const void *)(base + (hi - 1) * sizeof *keys));
 }
 
 /* The lower bound of key, given a probe answer r that missed its window
