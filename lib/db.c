@@ -1269,7 +1269,8 @@ int kv_stats_get(kv_db *db, kv_stats *out)
     uint64_t probed = 0, lookups = 0;
     for (unsigned i = 0; i < VER_STRIPES; i++) {
         ver_stripe *s = &db->vd.stripes[i];
-        out->gets += atomic_load_explicit(&s->gets, memory_order_relaxed);
+        out->gets += atomic_load_explicit(&s->buffer_gets, memory_order_relaxed) +
+                     atomic_load_explicit(&s->lookups, memory_order_relaxed);
         out->scans += atomic_load_explicit(&s->scans, memory_order_relaxed);
         out->index_fallbacks += atomic_load_explicit(&s->fallbacks, memory_order_relaxed);
         probed += atomic_load_explicit(&s->probed, memory_order_relaxed);

@@ -33,7 +33,6 @@ int kv_get(kv_db *db, uint64_t key, void *buf, size_t cap, size_t *len)
         else if (vlen)
             memcpy(buf, val, vlen);
     }
-    ver_stat_add(h.stripe, &h.stripe->gets, 1);
     ver_leave(h);
     return rc;
 }
@@ -59,7 +58,6 @@ int kv_get_alloc(kv_db *db, uint64_t key, void **out, size_t *len)
             *len = vlen;
         }
     }
-    ver_stat_add(h.stripe, &h.stripe->gets, 1);
     ver_leave(h);
     return rc;
 }
@@ -96,7 +94,6 @@ int kv_view_get(kv_view *vw, uint64_t key, const void **val, size_t *len)
     if (!vw || !val || !len)
         return KV_EINVAL;
     ver_stripe *st = ver_my_stripe(&vw->db->vd);
-    ver_stat_add(st, &st->gets, 1);
     return db_lookup(vw->v, vw->seq, key, val, len, st);
 }
 

@@ -147,7 +147,7 @@ int ver_domain_init(ver_domain *d, ver *initial)
         ver_stripe *s = &d->stripes[i];
         atomic_init(&s->pins[0], 0);
         atomic_init(&s->pins[1], 0);
-        atomic_init(&s->gets, 0);
+        atomic_init(&s->buffer_gets, 0);
         atomic_init(&s->scans, 0);
         atomic_init(&s->probed, 0);
         atomic_init(&s->lookups, 0);

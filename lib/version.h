@@ -47,7 +47,9 @@ typedef struct ver {
  * last one. */
 typedef struct ver_stripe {
     _Alignas(64) atomic_uint_fast64_t pins[2];
-    atomic_uint_fast64_t gets, scans, probed, lookups, fallbacks;
+    /* A get is answered by a write buffer (buffer_gets) or looked up in the
+     * base (lookups): two counters, so a base get adds to no third one. */
+    atomic_uint_fast64_t buffer_gets, scans, probed, lookups, fallbacks;
     int shared;     /* set once at init for the last stripe */
     int fence_free; /* set once at init: not shared, and the domain is asym */
 } ver_stripe;
