@@ -164,7 +164,7 @@ ver_hold ver_enter_fenced(ver_domain *d, ver_stripe *st)
         atomic_uint_fast64_t *pin = &st->pins[atomic_load(&d->parity) & 1];
         atomic_fetch_add(pin, 1);
         if (pin == &st->pins[atomic_load(&d->parity) & 1])
-            return (ver_hold){st, pin};
+            return (ver_hold){st, pin, 1};
         atomic_fetch_sub(pin, 1);
     }
 }

@@ -125,6 +125,7 @@ static inline ver_stripe *ver_my_stripe(ver_domain *d)
 typedef struct ver_hold {
     ver_stripe *stripe;        /* the holder's own: count its reads here */
     atomic_uint_fast64_t *pin; /* the pin counter it raised */
+    int fenced;                /* raised with a locked instruction: undo likewise */
 } ver_hold;
 ver_hold ver_enter_fenced(ver_domain *d, ver_stripe *st);
 static inline ver_hold ver_enter(ver_domain *d)
@@ -133,20 +134,23 @@ static inline ver_hold ver_enter(ver_domain *d)
     if (!st->fence_free)
         return ver_enter_fenced(d, st);
     for (;;) {
-        atomic_uint_fast64_t *pin = &st->pins[atomic_load_explicit(&d->parity, memory_order_relaxed) & 1];
+        unsigned parity = atomic_load_explicit(&d->parity, memory_order_relaxed) & 1;
+        atomic_uint_fast64_t *pin = &st->pins[parity];
         uint_fast64_t n = atomic_load_explicit(pin, memory_order_relaxed);
         atomic_store_explicit(pin, n + 1, memory_order_relaxed);
         /* Keeps the compiler from moving the re-read above the store; the
          * CPU's side is ver_synchronize's membarrier (version.c). */
         atomic_signal_fence(memory_order_seq_cst);
-        if (pin == &st->pins[atomic_load_explicit(&d->parity, memory_order_acquire) & 1])
-            return (ver_hold){st, pin};
+        if (parity == (atomic_load_explicit(&d->parity, memory_order_acquire) & 1))
+            return (ver_hold){st, pin, 0};
         atomic_store_explicit(pin, n, memory_order_relaxed);
     }
 }
+/* The hold says how it was raised, so leaving does not load the stripe's
+ * flag again (on a get, fewer instructions let the next get start sooner). */
 static inline void ver_leave(ver_hold h)
 {
-    if (h.stripe->fence_free)
+    if (!h.fenced)
         atomic_store_explicit(h.pin, atomic_load_explicit(h.pin, memory_order_relaxed) - 1,
                               memory_order_release);
     else
