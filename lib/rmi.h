@@ -167,7 +167,8 @@ static inline size_t rmi_err(uint32_t e)
 
 /* The search window [*lo, *hi) for key; its lower bound is in [*lo, *hi].
  * Returns the predicted position (lo when the window is empty). */
-static inline size_t rmi_window(const rmi *m, uint64_t key, size_t *lo, size_t *hi)
+static inline __attribute__((always_inline)) size_t rmi_window(const rmi *m, uint64_t key,
+                                                               size_t *lo, size_t *hi)
 {
     const rmi_leaf *lf = &m->leaves[rmi_root(m, key)];
     size_t a = rmi_start(lf), e = rmi_start(lf + 1);
@@ -211,8 +212,9 @@ size_t rmi_widen(const uint64_t *keys, size_t n, size_t r, uint64_t key);
  * of lines, unrolled: on a get the instructions count as much as the
  * misses, since fewer of them let the next get's misses start sooner.
  * *probed gets the window's width, *fallback whether the window missed. */
-static inline size_t rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *side,
-                              size_t stride, size_t *probed, int *fallback)
+static inline __attribute__((always_inline)) size_t
+rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *side, size_t stride,
+         size_t *probed, int *fallback)
 {
     size_t n = m->n, lo, hi;
     size_t p = rmi_window(m, key, &lo, &hi);

@@ -69,9 +69,10 @@ void run_unref(run *r);
 static inline const void *run_value(const run *r, uint64_t i, size_t *len);
 /* Point lookup: KV_OK with the value, or KV_NOTFOUND. *probed gets the
  * window's length and *fallback whether the model missed (each may be
- * NULL). Inline: it is the innermost layer of every get. */
-static inline int run_get(const run *r, uint64_t key, const void **val, size_t *len,
-                          size_t *probed, int *fallback)
+ * NULL). Forced inline: it is the innermost layer of every get, and gcc
+ * kept it out of line, passing *probed and *fallback through memory. */
+static inline __attribute__((always_inline)) int
+run_get(const run *r, uint64_t key, const void **val, size_t *len, size_t *probed, int *fallback)
 {
     /* The model's window also says where the value (fixed runs) or its
      * reference lies, so that load starts beside the key probe. */
