@@ -63,10 +63,10 @@ struct kv_db {
 
 /* Newest state of key as seen through version v at sequence seq, newest
  * layer first; the get is counted on stripe st (the caller's own, its
- * ver_hold's). Inline, like everything below it on a get: on a get every
- * instruction counts, since fewer let the next get's misses start sooner. */
-static inline __attribute__((always_inline)) int db_lookup(const ver *v, uint64_t seq, uint64_t key, const void **val,
-                            size_t *len, ver_stripe *st)
+ * ver_hold's). Forced inline, like everything below it on a get (see
+ * rmi_find for why a get's instruction count matters). */
+static inline __attribute__((always_inline)) int
+db_lookup(const ver *v, uint64_t seq, uint64_t key, const void **val, size_t *len, ver_stripe *st)
 {
     int s = seq > v->active_from ? buf_get(v->active->b, key, seq, val, len) : BUF_ABSENT;
     if (s == BUF_ABSENT && v->frozen)

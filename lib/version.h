@@ -147,7 +147,7 @@ static inline ver_hold ver_enter(ver_domain *d)
     }
 }
 /* The hold says how it was raised, so leaving does not load the stripe's
- * flag again (on a get, fewer instructions let the next get start sooner). */
+ * flag again. */
 static inline void ver_leave(ver_hold h)
 {
     if (!h.fenced)
