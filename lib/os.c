@@ -199,16 +199,20 @@ int os_ftruncate(int fd, uint64_t len)
     return 0;
 }
 
-int os_fallocate(int fd, uint64_t off, uint64_t len)
+int os_zero_fill(int fd, uint64_t off, uint64_t len)
 {
+    /* Read-only after zero-initialisation; in .bss, so it costs no memory
+     * until read, and then only the shared zero pages. */
+    static uint8_t zeros[256 << 10];
     int rc = fault(OS_TRUNCATE, NULL, fd, (size_t)len);
     if (rc < 0)
         return rc;
-    /* fallocate, not posix_fallocate: where the file system cannot
-     * reserve blocks, fail (EOPNOTSUPP) instead of writing zeros. */
-    while (fallocate(fd, 0, (off_t)off, (off_t)len) != 0) {
-        if (errno != EINTR)
-            return -errno;
+    while (len > 0) {
+        size_t n = len < sizeof zeros ? (size_t)len : sizeof zeros;
+        if ((rc = write_all(fd, zeros, n, (int64_t)off)) < 0)
+            return rc;
+        off += n;
+        len -= n;
     }
     return 0;
 }

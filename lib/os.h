@@ -38,9 +38,10 @@ int os_fsync_dir(const char *dir);
 int os_rename(const char *from, const char *to);
 int os_unlink(const char *path);                      /* 0 if already absent */
 int os_ftruncate(int fd, uint64_t len);
-/* Reserve blocks for [off, off+len), growing the size (reads give zeros).
- * Reported to the fault hook as OS_TRUNCATE, the other size change. */
-int os_fallocate(int fd, uint64_t off, uint64_t len);
+/* Write zeros over [off, off+len), growing the size: unlike fallocate's
+ * unwritten extents, the blocks are then written ones. Reported to the
+ * fault hook as OS_TRUNCATE, the other size change. */
+int os_zero_fill(int fd, uint64_t off, uint64_t len);
 int os_file_size(int fd, uint64_t *size);
 int os_mmap_read(int fd, size_t len, const void **addr); /* PROT_READ, MAP_SHARED */
 void os_munmap(const void *addr, size_t len);

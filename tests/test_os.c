@@ -165,6 +165,38 @@ static void test_fault_short_write(void **state)
     os_close(fd);
 }
 
+static void test_zero_fill(void **state)
+{
+    (void)state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/z", dir);
+    int fd;
+    assert_int_equal(os_open(path, O_RDWR | O_CREAT, 0644, &fd), 0);
+    assert_int_equal(os_pwrite_full(fd, "abc", 3, 0), 0);
+    /* More than the wrapper's zero block, and not a multiple of it. */
+    const uint64_t len = (1u << 20) + 12345;
+    assert_int_equal(os_zero_fill(fd, 3, len), 0);
+    uint64_t size;
+    assert_int_equal(os_file_size(fd, &size), 0);
+    assert_int_equal(size, 3 + len);
+    uint8_t *buf = malloc((size_t)size);
+    assert_non_null(buf);
+    assert_int_equal(os_pread_full(fd, buf, (size_t)size, 0), 0);
+    assert_memory_equal(buf, "abc", 3);
+    for (uint64_t i = 3; i < size; i++)
+        assert_int_equal(buf[i], 0);
+    free(buf);
+    /* The fault hook sees it as a size change, and a failure writes nothing. */
+    fault_plan p = {.op = OS_TRUNCATE, .countdown = 1, .result = -ENOSPC};
+    os_set_fault_hook(plan_hook, &p);
+    assert_int_equal(os_zero_fill(fd, size, 4096), -ENOSPC);
+    os_set_fault_hook(NULL, NULL);
+    assert_int_equal(p.calls, 1);
+    assert_int_equal(os_file_size(fd, &size), 0);
+    assert_int_equal(size, 3 + len);
+    os_close(fd);
+}
+
 static void test_mmap_read(void **state)
 {
     (void)state;
@@ -292,6 +324,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_lock_excludes_second_holder, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fault_fails_nth_call, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fault_short_write, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_zero_fill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_mmap_read, setup, teardown),
         cmocka_unit_test(test_big_block_pool),
         cmocka_unit_test(test_big_block_pool_splits),
