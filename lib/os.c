@@ -17,9 +17,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <linux/futex.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static os_fault_fn fault_fn;
@@ -493,4 +495,16 @@ int os_path_exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0;
+}
+
+void os_wait_while(const atomic_uint *word, unsigned seen, uint64_t timeout_ns)
+{
+    struct timespec t = {(time_t)(timeout_ns / 1000000000u), (long)(timeout_ns % 1000000000u)};
+    /* EAGAIN (changed already), ETIMEDOUT and EINTR all mean: look again. */
+    (void)syscall(SYS_futex, word, FUTEX_WAIT_PRIVATE, seen, timeout_ns ? &t : NULL, NULL, 0);
+}
+
+void os_wake_all(const atomic_uint *word)
+{
+    (void)syscall(SYS_futex, word, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
 }

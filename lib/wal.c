@@ -64,17 +64,19 @@
  * and every read is checked against the file size. The file is mmap'd
  * read-only for replay.
  *
- * Writer. The file is grown with written zeros 1 MiB at a time ahead of the
- * writes, and trimmed back to the last record by wal_close. Appends go to a
- * 1 MiB user-space buffer under the mutex; a record
- * that does not fit makes the appender flush the buffer itself, and a record
- * larger than the buffer is written straight after it. Only one thread does
- * file I/O at a time (io_busy); it takes the current buffer and swaps in the
- * spare one, so appends continue while it writes and syncs outside the
- * mutex. wal_commit is group commit: a caller whose lsn is already covered
- * returns; if I/O is in flight it waits on the condvar and re-checks; else it
- * becomes the leader for everything buffered so far, after waiting briefly
- * for the writers in flight (await_group). Invariants, under mu:
+ * Writer. The file is grown with written zeros 1 MiB at a time ahead of
+ * the writes (PREALLOC_STEP), and trimmed back to the last record by
+ * wal_close. Appends go to a 1 MiB user-space buffer under the mutex; a
+ * record that does not fit makes the appender flush the buffer itself, and
+ * a record larger than the buffer is written straight after it. Only one
+ * thread does file I/O at a time (io_busy); it takes the current buffer and
+ * swaps in the spare one, so appends continue while it writes and syncs
+ * outside the mutex. wal_commit is group commit: a caller whose lsn is
+ * already covered returns; if I/O is in flight it sleeps until that I/O is
+ * released (await_io_release) and returns if the release covered it, else
+ * re-checks; else it becomes the leader for everything buffered so far,
+ * after waiting briefly for the writers in flight (await_group).
+ * Invariants, under mu:
  *   synced_lsn <= written_lsn <= end_lsn; every buffer boundary is a record
  *   boundary; with io idle, written_lsn + len == end_lsn; written_seq /
  *   synced_seq are the seqs of the last record below written/synced_lsn.
@@ -87,7 +89,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <time.h>
@@ -118,7 +119,6 @@ static const uint8_t wal_magic[8] = {'K', 'Y', 'R', 'O', 'W', 'A', 'L', '1'};
 struct wal {
     int fd;
     pthread_mutex_t mu;
-    pthread_cond_t cv;
     uint8_t *buf[2];     /* buf[cur] takes appends; the other is written */
     int cur;
     size_t len;          /* bytes in buf[cur] */
@@ -136,6 +136,11 @@ struct wal {
     uint64_t last_sync_ns;   /* how long the last write + fdatasync took */
     uint64_t alloc_end;      /* file size reserved so far (I/O owner only) */
     int alloc_off;           /* reserving failed once: stop trying */
+    /* What wal_commit's waiters read without mu (see publish_io). */
+    _Atomic uint64_t pub_written_lsn, pub_synced_lsn, pub_written_seq, pub_synced_seq;
+    atomic_uint io_epoch;    /* bumped each time the I/O role is released */
+    atomic_uint sleepers;    /* waiters asleep on io_epoch, or about to be */
+    atomic_uint leader_waiting; /* a sync leader sleeps on queued (await_group) */
 };
 
 /* ---- byte helpers ---- */
@@ -569,11 +574,14 @@ static int wal_alloc(int fd, uint64_t end, uint64_t last_seq, wal **out)
         goto fail;
     if (pthread_mutex_init(&w->mu, NULL) != 0)
         goto fail;
-    if (pthread_cond_init(&w->cv, NULL) != 0) {
-        pthread_mutex_destroy(&w->mu);
-        goto fail;
-    }
     atomic_init(&w->queued, 0);
+    atomic_init(&w->pub_written_lsn, end);
+    atomic_init(&w->pub_synced_lsn, end);
+    atomic_init(&w->pub_written_seq, last_seq);
+    atomic_init(&w->pub_synced_seq, last_seq);
+    atomic_init(&w->io_epoch, 0);
+    atomic_init(&w->sleepers, 0);
+    atomic_init(&w->leader_waiting, 0);
     w->sync_taken_lsn = end;
     w->alloc_end = end;
     w->end_lsn = w->written_lsn = w->synced_lsn = end;
@@ -678,13 +686,72 @@ fail:
     return rc;
 }
 
+/* Record what the I/O just released achieved, for the waiters that sleep on
+ * io_epoch without mu (await_io_release). seq before lsn, so a waiter that
+ * sees an lsn also sees a seq at least as new. Called with mu held; the
+ * caller wakes the sleepers (wake_waiters) once it has dropped mu. */
+static void publish_io(wal *w)
+{
+    atomic_store_explicit(&w->pub_written_seq, w->written_seq, memory_order_relaxed);
+    atomic_store_explicit(&w->pub_synced_seq, w->synced_seq, memory_order_relaxed);
+    atomic_store_explicit(&w->pub_written_lsn, w->written_lsn, memory_order_release);
+    atomic_store_explicit(&w->pub_synced_lsn, w->synced_lsn, memory_order_release);
+    atomic_fetch_add(&w->io_epoch, 1);
+}
+
+/* Wake every thread asleep in await_io_release. Called without mu: a
+ * waiter woken while the waker still held it would block on it at once.
+ * The seq_cst epoch increment (publish_io) and sleepers load pair with the
+ * sleeper's increment and epoch load: either it sees the new epoch or this
+ * sees it counted. */
+static void wake_waiters(wal *w)
+{
+    if (atomic_load(&w->sleepers))
+        os_wake_all(&w->io_epoch);
+}
+
+/* Called with mu held while another thread owns the I/O: drop mu and sleep
+ * until that I/O is released (or a spurious wake-up). Returns without mu.
+ * Waiters do not retake mu to find out whether they are done (see
+ * io_covers), so one release lets a whole group of writers return at
+ * once instead of handing mu from each to the next. If *wake_leader, the
+ * caller completed a sync leader's group: wake the leader first, once mu
+ * is free for it, and clear the flag. */
+static void await_io_release(wal *w, int *wake_leader)
+{
+    unsigned epoch = atomic_load(&w->io_epoch);
+    pthread_mutex_unlock(&w->mu);
+    if (wake_leader && *wake_leader) {
+        os_wake_all(&w->queued);
+        *wake_leader = 0;
+    }
+    atomic_fetch_add(&w->sleepers, 1);
+    if (atomic_load(&w->io_epoch) == epoch)
+        os_wait_while(&w->io_epoch, epoch, 0);
+    atomic_fetch_sub(&w->sleepers, 1);
+}
+
+/* Whether the published state covers lsn for mode (0 synced, 1 written);
+ * if so *durable_seq is set. Lock-free. */
+static int io_covers(wal *w, uint64_t lsn, int mode, uint64_t *durable_seq)
+{
+    int sync = mode == 0;
+    uint64_t done = atomic_load_explicit(sync ? &w->pub_synced_lsn : &w->pub_written_lsn,
+                                         memory_order_acquire);
+    if (done < lsn)
+        return 0;
+    if (durable_seq)
+        *durable_seq = atomic_load_explicit(sync ? &w->pub_synced_seq : &w->pub_written_seq,
+                                            memory_order_relaxed);
+    return 1;
+}
+
 static void wal_fail(wal *w, int neg_errno)
 {
     if (!w->failed) {
         w->failed = 1;
         w->err = neg_errno < 0 ? -neg_errno : EIO;
     }
-    pthread_cond_broadcast(&w->cv);
 }
 
 /* Hand the active buffer to the caller, who becomes the I/O thread: *off is
@@ -701,22 +768,23 @@ static void take_buffer(wal *w, const uint8_t **data, size_t *n, uint64_t *off, 
 }
 
 /* Release the I/O role after writing up to end (records up to seq), synced
- * or not; rc < 0 fails the WAL. Called with mu held. */
+ * or not; rc < 0 fails the WAL. Called with mu held; the caller must call
+ * wake_waiters after dropping it. */
 static int finish_io(wal *w, int rc, uint64_t end, uint64_t seq, int synced)
 {
     w->io_busy = 0;
     if (rc < 0) {
         wal_fail(w, rc);
-        return KV_EIO;
+    } else {
+        w->written_lsn = end;
+        w->written_seq = seq;
+        if (synced) {
+            w->synced_lsn = end;
+            w->synced_seq = seq;
+        }
     }
-    w->written_lsn = end;
-    w->written_seq = seq;
-    if (synced) {
-        w->synced_lsn = end;
-        w->synced_seq = seq;
-    }
-    pthread_cond_broadcast(&w->cv);
-    return KV_OK;
+    publish_io(w);
+    return rc < 0 ? KV_EIO : KV_OK;
 }
 
 /* Grow the file ahead of a write that ends at end (I/O owner, outside mu).
@@ -770,8 +838,10 @@ int wal_append(wal *w, uint32_t type, const void *p1, size_t n1, const void *p2,
         goto failed;
     if (w->len + total > BUF_CAP) {
         /* Full: become the I/O thread and write the buffer out first. */
-        while (w->io_busy && !w->failed)
-            pthread_cond_wait(&w->cv, &w->mu);
+        while (w->io_busy && !w->failed) {
+            await_io_release(w, NULL);
+            pthread_mutex_lock(&w->mu);
+        }
         if (w->failed)
             goto failed;
         const uint8_t *data;
@@ -806,16 +876,22 @@ int wal_append(wal *w, uint32_t type, const void *p1, size_t n1, const void *p2,
         if (direct) {
             w->end_lsn += total;
             w->last_seq = s;
-            if (finish_io(w, rc, end + total, s, 0) != KV_OK)
-                goto failed;
-        } else if (finish_io(w, rc, end, prev_seq, 0) != KV_OK) {
-            goto failed;
+            rc = finish_io(w, rc, end + total, s, 0);
+        } else {
+            rc = finish_io(w, rc, end, prev_seq, 0);
         }
-    } else {
-        buffer_record(w, h, p1, n1, p2, n2, total);
-        w->end_lsn += total;
-        w->last_seq = s;
+        uint64_t rec_end = w->end_lsn;
+        pthread_mutex_unlock(&w->mu);
+        wake_waiters(w);
+        if (rc != KV_OK)
+            return KV_EIO;
+        *seq = s;
+        *lsn = rec_end;
+        return KV_OK;
     }
+    buffer_record(w, h, p1, n1, p2, n2, total);
+    w->end_lsn += total;
+    w->last_seq = s;
     *seq = s;
     *lsn = w->end_lsn;
     pthread_mutex_unlock(&w->mu);
@@ -854,9 +930,19 @@ static void await_group(wal *w)
         wait = GROUP_WAIT_MAX_NS;
     w->io_busy = 1;
     pthread_mutex_unlock(&w->mu);
+    /* Sleep rather than spin: on few cores the writers still to come need
+     * the CPU this thread would hold. The one that completes the group
+     * wakes it (see wal_commit). */
     uint64_t deadline = mono_ns() + wait;
-    while (group_incomplete(w) && mono_ns() < deadline)
-        sched_yield();
+    atomic_store(&w->leader_waiting, 1);
+    for (;;) {
+        unsigned q = atomic_load(&w->queued);
+        uint64_t t = mono_ns();
+        if (q >= atomic_load(w->writers) || t >= deadline)
+            break;
+        os_wait_while(&w->queued, q, deadline - t);
+    }
+    atomic_store(&w->leader_waiting, 0);
     pthread_mutex_lock(&w->mu);
     w->io_busy = 0;
 }
@@ -870,17 +956,23 @@ int wal_commit(wal *w, uint64_t lsn, int mode, uint64_t *durable_seq, int *err)
 {
     if (!w || mode < 0 || mode > 2)
         return KV_EINVAL;
+    int rc = KV_OK, released = 0, wake_leader = 0;
     pthread_mutex_lock(&w->mu);
     if (lsn > w->end_lsn)
         lsn = w->end_lsn;
-    if (mode == 0 && lsn > w->sync_taken_lsn)
-        atomic_fetch_add(&w->queued, 1);
+    if (mode == 0 && lsn > w->sync_taken_lsn) {
+        /* seq_cst pairs with await_group: either the leader sees this
+         * writer queued or this sees the leader waiting. */
+        unsigned q = atomic_fetch_add(&w->queued, 1) + 1;
+        wake_leader = w->writers && atomic_load(&w->leader_waiting) &&
+                      q >= atomic_load(w->writers);
+    }
     for (;;) {
         if (w->failed) {
             if (err)
                 *err = w->err;
-            pthread_mutex_unlock(&w->mu);
-            return KV_EIO;
+            rc = KV_EIO;
+            break;
         }
         if (mode == 2) {
             if (durable_seq)
@@ -893,7 +985,10 @@ int wal_commit(wal *w, uint64_t lsn, int mode, uint64_t *durable_seq, int *err)
             break;
         }
         if (w->io_busy) {
-            pthread_cond_wait(&w->cv, &w->mu);
+            await_io_release(w, &wake_leader);
+            if (io_covers(w, lsn, mode, durable_seq))
+                return KV_OK;
+            pthread_mutex_lock(&w->mu);
             continue;
         }
         /* Leader: write (and sync) everything buffered so far, for every
@@ -911,18 +1006,23 @@ int wal_commit(wal *w, uint64_t lsn, int mode, uint64_t *durable_seq, int *err)
         pthread_mutex_unlock(&w->mu);
         uint64_t t0 = mode == 0 ? mono_ns() : 0;
         reserve(w, off + n);
-        int rc = n ? os_pwrite_full(w->fd, data, n, off) : 0;
-        int synced = rc == 0 && mode == 0;
+        int io = n ? os_pwrite_full(w->fd, data, n, off) : 0;
+        int synced = io == 0 && mode == 0;
         if (synced)
-            rc = os_fdatasync(w->fd);
+            io = os_fdatasync(w->fd);
         pthread_mutex_lock(&w->mu);
         if (synced)
             w->last_sync_ns = mono_ns() - t0;
         w->sync_count += (uint64_t)synced;
-        finish_io(w, rc, off + n, seq, mode == 0);
+        finish_io(w, io, off + n, seq, mode == 0);
+        released = 1;
     }
     pthread_mutex_unlock(&w->mu);
-    return KV_OK;
+    if (released)
+        wake_waiters(w);
+    if (wake_leader)
+        os_wake_all(&w->queued);
+    return rc;
 }
 
 int wal_sync(wal *w, int *err)
@@ -992,7 +1092,6 @@ int wal_close(wal *w)
     if (!w->failed && w->written_lsn == w->end_lsn && w->alloc_end > w->written_lsn)
         (void)os_ftruncate(w->fd, w->written_lsn);
     int rc = os_close(w->fd) < 0 ? KV_EIO : KV_OK;
-    pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
     XXH3_freeState(w->xs);
     free(w->buf[0]);

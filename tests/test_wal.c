@@ -11,11 +11,13 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "kyro.h"
@@ -816,6 +818,7 @@ static void test_commit_modes(void **state)
 typedef struct {
     wal *w;
     pthread_mutex_t *append_lock;
+    atomic_uint *writers; /* writers in flight, as kv_db counts them, or NULL */
     int id, iters;
     int failures;
 } gc_arg;
@@ -829,12 +832,16 @@ static void *gc_worker(void *p)
         int err = 0;
         le64(k, (uint64_t)a->id << 32 | (uint64_t)i);
         memset(v, a->id, sizeof v);
+        if (a->writers)
+            atomic_fetch_add(a->writers, 1);
         pthread_mutex_lock(a->append_lock);
         int rc = wal_append(a->w, WAL_PUT, k, 8, v, (size_t)(i % 64), &seq, &lsn);
         pthread_mutex_unlock(a->append_lock);
         if (rc != KV_OK || wal_commit(a->w, lsn, KV_SYNC_FULL, &durable, &err) != KV_OK ||
             durable < seq)
             a->failures++;
+        if (a->writers)
+            atomic_fetch_sub(a->writers, 1);
     }
     return NULL;
 }
@@ -874,21 +881,27 @@ static void *gc_read(void *p)
     return NULL;
 }
 
-static void test_group_commit_threads(void **state)
+/* 8 writers commit with a 1 ms sync while a reader polls the WAL; with
+ * count_writers the WAL also knows how many are in flight, so each sync
+ * leader sleeps until the rest of its group has queued (await_group). */
+static void run_group_commit_threads(int count_writers)
 {
-    (void)state;
     enum { T = 8, ITERS = 250 };
+    atomic_uint writers = 0;
     wal *w;
     pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     pthread_t th[T], rt;
     gc_arg args[T];
     gc_reader reader = {0};
+    unlink(path);
     assert_int_equal(wal_create(dir, "w.log", 1, &w), KV_OK);
+    if (count_writers)
+        wal_set_writers(w, &writers);
     os_set_fault_hook(slow_sync_hook, NULL);
     reader.w = w;
     assert_int_equal(pthread_create(&rt, NULL, gc_read, &reader), 0);
     for (int i = 0; i < T; i++) {
-        args[i] = (gc_arg){w, &lock, i, ITERS, 0};
+        args[i] = (gc_arg){w, &lock, count_writers ? &writers : NULL, i, ITERS, 0};
         assert_int_equal(pthread_create(&th[i], NULL, gc_worker, &args[i]), 0);
     }
     for (int i = 0; i < T; i++) {
@@ -925,6 +938,13 @@ static void test_group_commit_threads(void **state)
         assert_int_equal(got.v[i].len, 8 + (size_t)(it % 64));
     }
     recs_free(&got);
+}
+
+static void test_group_commit_threads(void **state)
+{
+    (void)state;
+    run_group_commit_threads(0);
+    run_group_commit_threads(1);
 }
 
 /* A hook that holds the first armed fdatasync until released, then returns
