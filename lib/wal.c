@@ -64,14 +64,14 @@
  * and every read is checked against the file size. The file is mmap'd
  * read-only for replay.
  *
- * Writer. The file is grown with written zeros 1 MiB at a time ahead of
- * the writes (PREALLOC_STEP), and trimmed back to the last record by
- * wal_close. Appends go to a 1 MiB user-space buffer under the mutex; a
- * record that does not fit makes the appender flush the buffer itself, and
- * a record larger than the buffer is written straight after it. Only one
- * thread does file I/O at a time (io_busy); it takes the current buffer and
- * swaps in the spare one, so appends continue while it writes and syncs
- * outside the mutex. wal_commit is group commit: a caller whose lsn is
+ * Writer. The file is grown with written zeros 1 MiB at a time ahead of the
+ * writes that are synced at once (reserve), and trimmed back to the last
+ * record by wal_close. Appends go to a 1 MiB user-space buffer under the
+ * mutex; a record that does not fit makes the appender flush the buffer
+ * itself, and a record larger than the buffer is written straight after it.
+ * Only one thread does file I/O at a time (io_busy); it takes the current
+ * buffer and swaps in the spare one, so appends continue while it writes and
+ * syncs outside the mutex. wal_commit is group commit: a caller whose lsn is
  * already covered returns; if I/O is in flight it sleeps until that I/O is
  * released (await_io_release) and returns if the release covered it, else
  * re-checks; else it becomes the leader for everything buffered so far,
@@ -103,13 +103,14 @@
 #define REC_HDR 24u
 #define BUF_CAP ((size_t)1 << 20)
 #define MAX_PUT_PAYLOAD (KV_MAX_VALUE + 8)
-/* The file is grown with written zeros in steps of this many bytes ahead
- * of the writes. An fdatasync that need not also commit a new file size is
- * cheaper on ext4, and so is one whose data lands in blocks already
- * written: a write into a fallocate'd (unwritten) block must also commit
- * the block's conversion, which made every sync that reached a new 4 KiB
- * block about 60 us slower here. The zeros cost one slower sync per step.
- * Replay reads the zero tail as the end of the log. */
+/* Ahead of the writes that are synced at once, the file is grown with
+ * written zeros in steps of this many bytes. An fdatasync that need not
+ * also commit a new file size is cheaper on ext4, and so is one whose data
+ * lands in blocks already written: a write into a fallocate'd (unwritten)
+ * block must also commit the block's conversion, which made every sync
+ * that reached a new 4 KiB block about 50 us slower here (bench/walsync).
+ * The zeros cost one slower sync per step. Replay reads the zero tail as
+ * the end of the log. */
 #define PREALLOC_STEP ((uint64_t)1 << 20)
 /* Upper bound on a sync leader's wait for the rest of its group. */
 #define GROUP_WAIT_MAX_NS 100000u
@@ -134,7 +135,7 @@ struct wal {
     uint64_t sync_taken_lsn; /* end of the bytes the latest sync leader took */
     const atomic_uint *writers; /* owner's count of writers in flight, or NULL */
     uint64_t last_sync_ns;   /* how long the last write + fdatasync took */
-    uint64_t alloc_end;      /* file size reserved so far (I/O owner only) */
+    uint64_t alloc_end;      /* file size written or zero-filled so far (I/O owner only) */
     int alloc_off;           /* reserving failed once: stop trying */
     /* What wal_commit's waiters read without mu (see publish_io). */
     _Atomic uint64_t pub_written_lsn, pub_synced_lsn, pub_written_seq, pub_synced_seq;
@@ -789,11 +790,18 @@ static int finish_io(wal *w, int rc, uint64_t end, uint64_t seq, int synced)
 
 /* Grow the file ahead of a write that ends at end (I/O owner, outside mu).
  * Only a speed-up: if it fails, the writes extend the file themselves, and
- * any real I/O problem shows up in the write or sync. */
-static void reserve(wal *w, uint64_t end)
+ * any real I/O problem shows up in the write or sync. Only a write that an
+ * fdatasync follows (synced) gains from it; any other is left to extend
+ * the file itself rather than also write as many zeros. */
+static void reserve(wal *w, uint64_t end, int synced)
 {
     if (end <= w->alloc_end || w->alloc_off)
         return;
+    if (!synced) {
+        /* The zeros must start past this write's bytes. */
+        w->alloc_end = end;
+        return;
+    }
     uint64_t to = (end + PREALLOC_STEP - 1) / PREALLOC_STEP * PREALLOC_STEP;
     if (os_zero_fill(w->fd, w->alloc_end, to - w->alloc_end) == 0)
         w->alloc_end = to;
@@ -856,7 +864,7 @@ int wal_append(wal *w, uint32_t type, const void *p1, size_t n1, const void *p2,
         }
         pthread_mutex_unlock(&w->mu);
 
-        reserve(w, off + n + (direct ? total : 0));
+        reserve(w, off + n + (direct ? total : 0), 0);
         int rc = n ? os_pwrite_full(w->fd, data, n, off) : 0;
         uint64_t end = off + n;
         if (direct) {
@@ -1005,7 +1013,7 @@ int wal_commit(wal *w, uint64_t lsn, int mode, uint64_t *durable_seq, int *err)
         }
         pthread_mutex_unlock(&w->mu);
         uint64_t t0 = mode == 0 ? mono_ns() : 0;
-        reserve(w, off + n);
+        reserve(w, off + n, mode == 0);
         int io = n ? os_pwrite_full(w->fd, data, n, off) : 0;
         int synced = io == 0 && mode == 0;
         if (synced)

@@ -813,6 +813,36 @@ static void test_commit_modes(void **state)
     assert_int_equal(wal_close(NULL), KV_OK);
 }
 
+/* Records flushed in bulk (appends past a full buffer, no sync) and records
+ * synced one by one, in turns: the zeros laid down ahead of the synced
+ * writes never cover a record, the log ends at its last record after every
+ * sync, and close trims the zeros. */
+static void test_bulk_and_synced_writes(void **state)
+{
+    (void)state;
+    wal *w;
+    recs want = {0}, got = {0};
+    uint64_t lsn = 0, ve, last, key = 0;
+    int err = 0, torn;
+    assert_int_equal(wal_create(dir, "w.log", 1, &w), KV_OK);
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < 400; i++) /* 1.6 MB: more than the buffer holds */
+            put(w, &want, key++, 4000, NULL, &lsn);
+        for (int i = 0; i < 20; i++) {
+            put(w, &want, key++, 100, NULL, &lsn);
+            assert_int_equal(wal_commit(w, lsn, KV_SYNC_FULL, NULL, &err), KV_OK);
+            assert_log_ends(path, lsn, want.v[want.n - 1].seq);
+        }
+    }
+    assert_int_equal(wal_close(w), KV_OK);
+    assert_int_equal(file_size(path), lsn);
+    assert_int_equal(replay(path, 0, 0, &got, &ve, &last, &torn), KV_OK);
+    recs_expect(&got, &want, 0, want.n);
+    assert_int_equal(torn, 0);
+    recs_free(&got);
+    recs_free(&want);
+}
+
 /* ---- group commit ---- */
 
 typedef struct {
@@ -1280,6 +1310,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_open_append_truncates_and_continues, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_commit_modes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bulk_and_synced_writes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_threads, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit_shares_sync, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sync_failure_is_sticky, setup, teardown),
