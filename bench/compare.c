@@ -44,14 +44,16 @@
  * is compared with 1.3 x (8 + value + 16) bytes.
  *
  *   compare [-n N] [-v BYTES] [-d DIR] [--engines LIST] [--csv] [--quick]
- *           [--durable-secs S]
+ *           [--durable-secs S] [--rounds]
  *
  * -n keys (default 2000000; --quick 200000), -v one value size instead of
  * both, -d parent of the data directories (default build/bench-data),
  * --engines comma list of kyrodb,lmdb,rocksdb,leveldb,sqlite,array,
  * --csv one line per row instead of the table, --quick small N and short
  * durable phases, --durable-secs seconds per engine per durable phase,
- * over all rounds (default 2). Progress goes to stderr.
+ * over all rounds (default 2), --rounds each round's rate (millions of
+ * operations per second) on the progress line of its phase. Progress goes
+ * to stderr.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -1171,6 +1173,7 @@ struct bench {
     const uint64_t *starts; /* scan start keys (present) */
     size_t nscan;
     double durable_secs;
+    int rounds_log; /* --rounds: print every round's rate to stderr */
 };
 
 /* One cache line or more each: a worker counts every operation in ops,
@@ -1484,6 +1487,8 @@ static void run_size(const struct bench *b, struct eng_run *er, int neng)
                 if (er[e].h == NULL || (writes && er[e].e->put == NULL))
                     continue;
                 r = run_phase(b, er[e].e, er[e].h, plan[i].ph, plan[i].threads, round, cap);
+                if (b->rounds_log)
+                    fprintf(stderr, " [%s %.3fM]", er[e].e->name, r.ops_s / 1e6);
                 if (r.ops_s > er[e].out->ops_s[plan[i].row])
                     er[e].out->ops_s[plan[i].row] = r.ops_s;
                 er[e].out->bad += r.bad;
@@ -1708,7 +1713,7 @@ static void usage(const char *prog)
 {
     fprintf(stderr,
             "usage: %s [-n KEYS] [-v VALUE_BYTES] [-d DIR] [--engines LIST] [--csv] [--quick]\n"
-            "          [--durable-secs S]\n"
+            "          [--durable-secs S] [--rounds]\n"
             "  LIST: comma-separated, from kyrodb,lmdb,rocksdb,leveldb,sqlite,array\n",
             prog);
     exit(2);
@@ -1744,7 +1749,7 @@ static int mkdir_p(const char *path)
 int main(int argc, char **argv)
 {
     size_t n = 0, vsizes[2] = {16, 100}, nv = 2;
-    int csv = 0, quick = 0, header_done = 0, failed = 0;
+    int csv = 0, quick = 0, rounds_log = 0, header_done = 0, failed = 0;
     int want[NENG];
     double durable_secs = -1;
     const char *parent_arg = NULL;
@@ -1765,6 +1770,8 @@ int main(int argc, char **argv)
             csv = 1;
         else if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
+        else if (strcmp(argv[i], "--rounds") == 0)
+            rounds_log = 1;
         else if (strcmp(argv[i], "--durable-secs") == 0 && i + 1 < argc)
             durable_secs = atof(argv[++i]);
         else if (strcmp(argv[i], "--engines") == 0 && i + 1 < argc) {
@@ -1855,7 +1862,8 @@ int main(int argc, char **argv)
     }
 
     for (size_t v = 0; v < nv; v++) {
-        struct bench b = {n, vsizes[v], sorted, order, absent, starts, nscan, durable_secs};
+        struct bench b = {n, vsizes[v], sorted, order, absent, starts, nscan, durable_secs,
+                          rounds_log};
         struct eng_out out[NENG];
         struct eng_run er[NENG];
         memset(out, 0, sizeof out);
