@@ -67,6 +67,7 @@ size_t os_big_pooled(void); /* bytes the pool holds */
 int os_lock_exclusive(int fd);                        /* non-blocking; -EWOULDBLOCK if held */
 int os_lock_shared(int fd);                           /* non-blocking; -EWOULDBLOCK if held */
 int os_read_file(const char *path, void **buf, size_t *len); /* whole file, malloc'd */
+int os_path_exists(const char *path);                 /* 1 yes, 0 no */
 
 /* Sleep while *word == seen, for at most timeout_ns (0: no limit); returns
  * at once if it differs and may return spuriously. os_wake_all wakes every
@@ -74,6 +75,5 @@ int os_read_file(const char *path, void **buf, size_t *len); /* whole file, mall
  * between processes. */
 void os_wait_while(const atomic_uint *word, unsigned seen, uint64_t timeout_ns);
 void os_wake_all(const atomic_uint *word);
-int os_path_exists(const char *path);                 /* 1 yes, 0 no */
 
 #endif
