@@ -35,7 +35,13 @@
  * (the machine is shared: contention only ever slows a round). A read
  * round stops after N operations or ROUND_CAP seconds, whichever comes
  * first, so a slow engine cannot stretch the run; a rate is operations
- * done / wall time. Durable rounds last --durable-secs / ROUNDS each.
+ * done / wall time. The threads of a read round claim chunks of one
+ * operation list as they go, so both stay busy until it is done. Durable
+ * rounds last --durable-secs / ROUNDS each.
+ *
+ * Beside the 1- and 2-thread get rows, in the same rounds, a multiply loop
+ * that touches no memory runs on 1 and on 2 threads: its 2-thread scaling
+ * says whether the machine gave the process two CPUs' time then.
  *
  * The table gives ops/s per engine, KyroDB / best peer (peers: the other
  * engines), KyroDB / sorted array (the no-index baseline), and PASS/MISS
@@ -61,6 +67,7 @@
 #include <malloc.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,6 +99,8 @@
 /* Spare room past the value size in read buffers, so a wrong (longer)
  * value is caught as a length mismatch rather than truncated. */
 #define BUF_SLACK 64
+/* List positions a read-phase thread claims at a time. */
+#define CHUNK 1024
 
 /* ---- helpers ----------------------------------------------------------- */
 
@@ -1188,6 +1197,7 @@ struct worker {
     int round;
     double cap; /* seconds */
     pthread_barrier_t *bar;
+    atomic_size_t *next; /* read phases: the next unclaimed list position */
     uint64_t ops, bad, errors;
     double start, end;
     pthread_t th;
@@ -1201,119 +1211,140 @@ static void note_bad(const struct worker *w, const char *what, uint64_t key)
                 (unsigned long long)key);
 }
 
+/* One read-phase operation on key k: a get, a scan, or (mixed) an
+ * overwrite; its outcome is counted in w. */
+static void read_op(struct worker *w, void *t, uint64_t k, unsigned char *buf, unsigned char *tmp,
+                    uint64_t *seed)
+{
+    const struct bench *b = w->b;
+    size_t cap = b->vsize + BUF_SLACK, len;
+    int rc;
+    if (w->ph == P_SCAN) {
+        size_t pos = lower_bound(b->sorted, b->n, k);
+        struct scan_chk c = {b->sorted + pos, b->n - pos < SCAN_LEN ? b->n - pos : SCAN_LEN,
+                             b->vsize, 0, 0, tmp};
+        if (w->e->scan(t, k, SCAN_LEN, &c) != 0) {
+            w->errors++;
+            note_bad(w, "scan failed from", k);
+        } else if (c.bad || c.seen != c.nexpect) {
+            w->bad++;
+            note_bad(w, "scan returned wrong entries from", k);
+        }
+        return;
+    }
+    if (w->ph == P_MIXED && splitmix64(seed) % 10 == 0) {
+        /* Overwrite with the key's own value, so later reads still have
+         * one right answer. */
+        fill_value(k, tmp, b->vsize);
+        if (w->e->put(t, k, tmp, b->vsize) != 0) {
+            w->errors++;
+            note_bad(w, "put failed", k);
+        }
+        return;
+    }
+    rc = w->e->get(t, k, buf, cap, &len);
+    if (w->ph == P_ABSENT) {
+        if (rc != 1) {
+            if (rc < 0)
+                w->errors++;
+            else
+                w->bad++;
+            note_bad(w, rc < 0 ? "get failed" : "found an absent key", k);
+        }
+    } else if (rc != 0) {
+        if (rc < 0)
+            w->errors++;
+        else
+            w->bad++;
+        note_bad(w, rc < 0 ? "get failed" : "present key not found", k);
+    } else if (!value_ok(k, buf, len, b->vsize, tmp)) {
+        w->bad++;
+        note_bad(w, "wrong value for", k);
+    }
+}
+
+/* Durable puts of new keys until the deadline; the last one must read back. */
+static void durable_loop(struct worker *w, void *t, double deadline, unsigned char *buf,
+                         unsigned char *tmp)
+{
+    const struct bench *b = w->b;
+    size_t cap = b->vsize + BUF_SLACK, len;
+    uint64_t s = 0xD00Dull * (uint64_t)(w->tid + 1) + 7919ull * (uint64_t)w->round, last = 0;
+    int rc;
+    for (;;) {
+        uint64_t k = splitmix64(&s);
+        fill_value(k, tmp, b->vsize);
+        if (w->e->put(t, k, tmp, b->vsize) != 0) {
+            w->errors++;
+            note_bad(w, "durable put failed", k);
+            break;
+        }
+        last = k;
+        w->ops++;
+        if (now() >= deadline)
+            break;
+    }
+    if (w->ops && (rc = w->e->get(t, last, buf, cap, &len)) != 0) {
+        w->errors++;
+        note_bad(w, "durable put not found", last);
+    } else if (w->ops && !value_ok(last, buf, len, b->vsize, tmp)) {
+        w->bad++;
+        note_bad(w, "durable put wrong value", last);
+    }
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     const struct bench *b = w->b;
-    size_t cap = b->vsize + BUF_SLACK, len;
+    size_t cap = b->vsize + BUF_SLACK;
     unsigned char *buf = malloc(cap), *tmp = malloc(cap);
     void *t = w->e->topen(w->h, w->ph != P_MIXED && w->ph != P_DURABLE);
     const uint64_t *list = NULL;
-    size_t lo = 0, hi = 0, first;
+    size_t n = 0, first;
     double start, deadline;
     uint64_t seed = 1000003ull * (uint64_t)(w->tid + 1) + (uint64_t)w->ph;
-    int rc;
 
     if (!buf || !tmp || !t) {
         fprintf(stderr, "compare: %s: thread setup failed\n", w->e->name);
         w->errors++;
     }
     switch (w->ph) {
-    case P_WARM: list = b->sorted; hi = b->n; break;
-    case P_GET: case P_MIXED: list = b->order; hi = b->n; break;
-    case P_ABSENT: list = b->absent; hi = b->n; break;
-    case P_SCAN: list = b->starts; hi = b->nscan; break;
+    case P_WARM: list = b->sorted; n = b->n; break;
+    case P_GET: case P_MIXED: list = b->order; n = b->n; break;
+    case P_ABSENT: list = b->absent; n = b->n; break;
+    case P_SCAN: list = b->starts; n = b->nscan; break;
     case P_DURABLE: break;
     }
-    /* Each thread takes its own slice of the shared operation list. */
-    {
-        size_t total = hi;
-        lo = total * (size_t)w->tid / (size_t)w->nthreads;
-        hi = total * (size_t)(w->tid + 1) / (size_t)w->nthreads;
-    }
-    /* Each round starts at its own part of the slice (and wraps), so a
+    /* Each round starts at its own part of the list (and wraps), so a
      * round that stops early does not leave later rounds re-reading the
      * keys an earlier one just pulled into cache. */
-    first = lo + (hi - lo) * (size_t)w->round / ROUNDS;
+    first = n * (size_t)w->round / ROUNDS;
     pthread_barrier_wait(w->bar);
     start = now();
     deadline = start + w->cap;
     if (w->errors)
         goto out;
-
     if (w->ph == P_DURABLE) {
-        uint64_t s = 0xD00Dull * (uint64_t)(w->tid + 1) + 7919ull * (uint64_t)w->round, last = 0;
-        for (;;) {
-            uint64_t k = splitmix64(&s);
-            fill_value(k, tmp, b->vsize);
-            if (w->e->put(t, k, tmp, b->vsize) != 0) {
-                w->errors++;
-                note_bad(w, "durable put failed", k);
-                break;
-            }
-            last = k;
-            w->ops++;
-            if (now() >= deadline)
-                break;
-        }
-        /* The last acknowledged write must read back. */
-        if (w->ops && (rc = w->e->get(t, last, buf, cap, &len)) != 0) {
-            w->errors++;
-            note_bad(w, "durable put not found", last);
-        } else if (w->ops && !value_ok(last, buf, len, b->vsize, tmp)) {
-            w->bad++;
-            note_bad(w, "durable put wrong value", last);
-        }
+        durable_loop(w, t, deadline, buf, tmp);
         goto out;
     }
-
-    for (size_t j = 0; j < hi - lo; j++) {
-        size_t i = first + j < hi ? first + j : first + j - (hi - lo);
-        uint64_t k = list[i];
-        if ((w->ops & 255) == 255 && now() >= deadline)
+    /* The threads claim chunks of the one list in turn, so a thread whose
+     * CPU runs slower does less of the work rather than holding the round
+     * open alone once the others are done: the two vCPUs of this machine
+     * often run at different speeds while both are busy. */
+    for (int stop = 0; !stop;) {
+        size_t j = atomic_fetch_add_explicit(w->next, CHUNK, memory_order_relaxed);
+        size_t end = j < n && n - j > CHUNK ? j + CHUNK : n;
+        if (j >= n)
             break;
-        w->ops++;
-        if (w->ph == P_SCAN) {
-            size_t pos = lower_bound(b->sorted, b->n, k);
-            struct scan_chk c = {b->sorted + pos, b->n - pos < SCAN_LEN ? b->n - pos : SCAN_LEN,
-                                 b->vsize, 0, 0, tmp};
-            if (w->e->scan(t, k, SCAN_LEN, &c) != 0) {
-                w->errors++;
-                note_bad(w, "scan failed from", k);
-            } else if (c.bad || c.seen != c.nexpect) {
-                w->bad++;
-                note_bad(w, "scan returned wrong entries from", k);
+        for (; j < end; j++) {
+            if ((w->ops & 255) == 255 && now() >= deadline) {
+                stop = 1;
+                break;
             }
-            continue;
-        }
-        if (w->ph == P_MIXED && splitmix64(&seed) % 10 == 0) {
-            /* Overwrite with the key's own value, so later reads still
-             * have one right answer. */
-            fill_value(k, tmp, b->vsize);
-            if (w->e->put(t, k, tmp, b->vsize) != 0) {
-                w->errors++;
-                note_bad(w, "put failed", k);
-            }
-            continue;
-        }
-        rc = w->e->get(t, k, buf, cap, &len);
-        if (w->ph == P_ABSENT) {
-            if (rc != 1) {
-                if (rc < 0)
-                    w->errors++;
-                else
-                    w->bad++;
-                note_bad(w, rc < 0 ? "get failed" : "found an absent key", k);
-            }
-        } else if (rc != 0) {
-            if (rc < 0)
-                w->errors++;
-            else
-                w->bad++;
-            note_bad(w, rc < 0 ? "get failed" : "present key not found", k);
-        } else if (!value_ok(k, buf, len, b->vsize, tmp)) {
-            w->bad++;
-            note_bad(w, "wrong value for", k);
+            w->ops++;
+            read_op(w, t, list[first + j < n ? first + j : first + j - n], buf, tmp, &seed);
         }
     }
 out:
@@ -1340,12 +1371,14 @@ static struct result run_phase(const struct bench *b, const struct engine *e, vo
 {
     struct worker w[DUR_THREADS];
     pthread_barrier_t bar;
+    _Alignas(64) atomic_size_t next = 0;
     struct result r = {0, 0, 0, 0};
     double t0 = 0, t1 = 0;
     pthread_barrier_init(&bar, NULL, (unsigned)nthreads + 1);
     for (int i = 0; i < nthreads; i++) {
         w[i] = (struct worker){.b = b, .e = e, .h = h, .ph = ph, .tid = i,
-                               .nthreads = nthreads, .round = round, .cap = cap, .bar = &bar};
+                               .nthreads = nthreads, .round = round, .cap = cap, .bar = &bar,
+                               .next = &next};
         pthread_create(&w[i].th, NULL, worker_main, &w[i]);
     }
     pthread_barrier_wait(&bar);
@@ -1363,6 +1396,69 @@ static struct result run_phase(const struct bench *b, const struct engine *e, vo
     }
     r.ops_s = t1 > t0 ? (double)r.ops / (t1 - t0) : 0;
     return r;
+}
+
+/* ---- the machine's own scaling ---------------------------------------- */
+
+/* A chain of dependent multiplies that touches no memory, run on 1 and on
+ * 2 threads in the same rounds as the 1- and 2-thread gets. Its 2-thread
+ * scaling shows whether the second vCPU ran at all while both were busy
+ * (this machine's vCPUs are sometimes time-sliced away); it cannot show
+ * whether the two shared a core's caches or memory pipeline, which limits
+ * gets but not this loop. */
+#define LOOP_SECS 0.3
+
+struct spinner {
+    _Alignas(64) double secs;
+    pthread_barrier_t *bar;
+    uint64_t ops;
+    volatile uint64_t sink;
+    double start, end;
+    pthread_t th;
+};
+
+static void *spin_main(void *arg)
+{
+    struct spinner *s = arg;
+    uint64_t x = (uint64_t)(uintptr_t)s, ops = 0;
+    double deadline;
+    pthread_barrier_wait(s->bar);
+    s->start = now();
+    deadline = s->start + s->secs;
+    do {
+        for (int i = 0; i < 4096; i++)
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ops += 4096;
+    } while (now() < deadline);
+    s->sink = x;
+    s->ops = ops;
+    s->end = now();
+    return NULL;
+}
+
+static double loop_rate(int nthreads)
+{
+    struct spinner s[2];
+    pthread_barrier_t bar;
+    double t0 = 0, t1 = 0;
+    uint64_t ops = 0;
+    pthread_barrier_init(&bar, NULL, (unsigned)nthreads + 1);
+    for (int i = 0; i < nthreads; i++) {
+        s[i] = (struct spinner){.secs = LOOP_SECS, .bar = &bar};
+        pthread_create(&s[i].th, NULL, spin_main, &s[i]);
+    }
+    pthread_barrier_wait(&bar);
+    for (int i = 0; i < nthreads; i++)
+        pthread_join(s[i].th, NULL);
+    pthread_barrier_destroy(&bar);
+    for (int i = 0; i < nthreads; i++) {
+        if (i == 0 || s[i].start < t0)
+            t0 = s[i].start;
+        if (s[i].end > t1)
+            t1 = s[i].end;
+        ops += s[i].ops;
+    }
+    return t1 > t0 ? (double)ops / (t1 - t0) : 0;
 }
 
 /* ---- one value size: every engine ----------------------------------- */
@@ -1448,7 +1544,8 @@ fail:
     free(tmp);
 }
 
-static void run_size(const struct bench *b, struct eng_run *er, int neng)
+/* loop[row]: the best multiply-loop rate beside the get rows (R_GET, R_GET2). */
+static void run_size(const struct bench *b, struct eng_run *er, int neng, double *loop)
 {
     static const struct {
         int row;
@@ -1493,6 +1590,13 @@ static void run_size(const struct bench *b, struct eng_run *er, int neng)
                     er[e].out->ops_s[plan[i].row] = r.ops_s;
                 er[e].out->bad += r.bad;
                 er[e].out->errors += r.errors;
+            }
+            if (plan[i].ph == P_GET) {
+                double x = loop_rate(plan[i].threads);
+                if (b->rounds_log)
+                    fprintf(stderr, " [loop %.0fM]", x / 1e6);
+                if (x > loop[plan[i].row])
+                    loop[plan[i].row] = x;
             }
         }
         if (ky) {
@@ -1577,7 +1681,8 @@ static void csv_targets(const struct eng_out *o, int row)
     printf(",%s,%s,%s", tt, xx, vv);
 }
 
-static void report(const struct bench *b, const struct eng_out *o, int csv, int *header_done)
+static void report(const struct bench *b, const struct eng_out *o, const double *loop, int csv,
+                   int *header_done)
 {
     double per_key_budget = 1.3 * (double)(8 + b->vsize + 16);
     if (csv) {
@@ -1618,6 +1723,8 @@ static void report(const struct bench *b, const struct eng_out *o, int csv, int 
             printf("%zu,%zu,rss_delta_bytes_per_key,%.1f,,,,,,,,,<=%.1f,%.3f,%s\n", b->n, b->vsize,
                    s, per_key_budget, s / per_key_budget, s <= per_key_budget ? "PASS" : "MISS");
             s = (double)o[E_KYRO].rss_trimmed / (double)b->n;
+            printf("%zu,%zu,cpu_loop_2t_vs_1t,%.3f,,,,,,,,,,,\n", b->n, b->vsize,
+                   loop[R_GET] > 0 ? loop[R_GET2] / loop[R_GET] : 0);
             printf("%zu,%zu,rss_delta_trimmed_bytes_per_key,%.1f,,,,,,,,,<=%.1f,%.3f,%s\n", b->n,
                    b->vsize, s, per_key_budget, s / per_key_budget,
                    s <= per_key_budget ? "PASS" : "MISS");
@@ -1680,9 +1787,13 @@ static void report(const struct bench *b, const struct eng_out *o, int csv, int 
                targets[t].text, verdict(x, targets[t].need));
         /* Two threads can only scale if two cores are free; the sorted
          * array's own scaling in the same run shows whether they were. */
-        if (targets[t].vs == -2 && o[E_ARRAY].ran && o[E_ARRAY].ops_s[R_GET] > 0)
-            printf("  (sorted array: %.2fx)",
-                   o[E_ARRAY].ops_s[R_GET2] / o[E_ARRAY].ops_s[R_GET]);
+        if (targets[t].vs == -2) {
+            if (o[E_ARRAY].ran && o[E_ARRAY].ops_s[R_GET] > 0)
+                printf("  (sorted array: %.2fx,", o[E_ARRAY].ops_s[R_GET2] / o[E_ARRAY].ops_s[R_GET]);
+            else
+                printf("  (");
+            printf(" CPU-only loop: %.2fx)", loop[R_GET] > 0 ? loop[R_GET2] / loop[R_GET] : 0);
+        }
         if (o[E_KYRO].puts_per_sync[targets[t].row] > 0)
             printf("  (KyroDB: %.1f puts per fdatasync)",
                    o[E_KYRO].puts_per_sync[targets[t].row]);
@@ -1881,7 +1992,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "compare: %3zu-byte values: sync", b.vsize);
         sync();
         fprintf(stderr, " %.1f s\n", now() - t0);
-        run_size(&b, er, NENG);
+        double loop[NROWS] = {0};
+        run_size(&b, er, NENG, loop);
         for (int e = 0; e < NENG; e++) {
             if (er[e].h) {
                 er[e].e->close(er[e].h);
@@ -1890,7 +2002,7 @@ int main(int argc, char **argv)
             if (out[e].bad || out[e].errors)
                 failed = 1;
         }
-        report(&b, out, csv, &header_done);
+        report(&b, out, loop, csv, &header_done);
         fflush(stdout);
     }
     remove_tree(parent);
