@@ -96,6 +96,8 @@
 #define ROUNDS 3
 #define ROUND_CAP 0.7
 #define WARM_CAP 4.0
+/* Seconds of each multiply-loop round (multiply_loop). */
+#define LOOP_SECS 0.3
 /* Spare room past the value size in read buffers, so a wrong (longer)
  * value is caught as a length mismatch rather than truncated. */
 #define BUF_SLACK 64
@@ -1172,7 +1174,7 @@ static const char *row_name[NROWS] = {"load (batch 1000)", "get present",   "get
 static const char *row_id[NROWS] = {"load", "get", "get_absent", "scan100",
                                     "get_2t", "mixed", "durable_1t", "durable_8t"};
 
-enum phase { P_WARM, P_GET, P_ABSENT, P_SCAN, P_MIXED, P_DURABLE };
+enum phase { P_WARM, P_GET, P_ABSENT, P_SCAN, P_MIXED, P_DURABLE, P_LOOP };
 
 struct bench {
     size_t n, vsize;
@@ -1293,9 +1295,35 @@ static void durable_loop(struct worker *w, void *t, double deadline, unsigned ch
     }
 }
 
+/* P_LOOP: a chain of dependent multiplies that touches no memory and no
+ * engine, run on 1 and on 2 threads in the same rounds as the 1- and
+ * 2-thread gets. Its 2-thread scaling shows whether the second vCPU ran at
+ * all while both were busy (this machine's vCPUs are sometimes time-sliced
+ * away); it cannot show whether the two shared a core's caches or memory
+ * pipeline, which limits gets but not this loop. */
+static void multiply_loop(struct worker *w)
+{
+    uint64_t x = (uint64_t)(uintptr_t)w;
+    double deadline;
+    pthread_barrier_wait(w->bar);
+    w->start = now();
+    deadline = w->start + w->cap;
+    do {
+        for (int i = 0; i < 4096; i++)
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+        w->ops += 4096;
+    } while (now() < deadline);
+    __asm__ volatile("" : : "r"(x)); /* keep the chain */
+    w->end = now();
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    if (w->ph == P_LOOP) {
+        multiply_loop(w);
+        return NULL;
+    }
     const struct bench *b = w->b;
     size_t cap = b->vsize + BUF_SLACK;
     unsigned char *buf = malloc(cap), *tmp = malloc(cap);
@@ -1314,7 +1342,7 @@ static void *worker_main(void *arg)
     case P_GET: case P_MIXED: list = b->order; n = b->n; break;
     case P_ABSENT: list = b->absent; n = b->n; break;
     case P_SCAN: list = b->starts; n = b->nscan; break;
-    case P_DURABLE: break;
+    case P_DURABLE: case P_LOOP: break;
     }
     /* Each round starts at its own part of the list (and wraps), so a
      * round that stops early does not leave later rounds re-reading the
@@ -1396,69 +1424,6 @@ static struct result run_phase(const struct bench *b, const struct engine *e, vo
     }
     r.ops_s = t1 > t0 ? (double)r.ops / (t1 - t0) : 0;
     return r;
-}
-
-/* ---- the machine's own scaling ---------------------------------------- */
-
-/* A chain of dependent multiplies that touches no memory, run on 1 and on
- * 2 threads in the same rounds as the 1- and 2-thread gets. Its 2-thread
- * scaling shows whether the second vCPU ran at all while both were busy
- * (this machine's vCPUs are sometimes time-sliced away); it cannot show
- * whether the two shared a core's caches or memory pipeline, which limits
- * gets but not this loop. */
-#define LOOP_SECS 0.3
-
-struct spinner {
-    _Alignas(64) double secs;
-    pthread_barrier_t *bar;
-    uint64_t ops;
-    volatile uint64_t sink;
-    double start, end;
-    pthread_t th;
-};
-
-static void *spin_main(void *arg)
-{
-    struct spinner *s = arg;
-    uint64_t x = (uint64_t)(uintptr_t)s, ops = 0;
-    double deadline;
-    pthread_barrier_wait(s->bar);
-    s->start = now();
-    deadline = s->start + s->secs;
-    do {
-        for (int i = 0; i < 4096; i++)
-            x = x * 6364136223846793005ull + 1442695040888963407ull;
-        ops += 4096;
-    } while (now() < deadline);
-    s->sink = x;
-    s->ops = ops;
-    s->end = now();
-    return NULL;
-}
-
-static double loop_rate(int nthreads)
-{
-    struct spinner s[2];
-    pthread_barrier_t bar;
-    double t0 = 0, t1 = 0;
-    uint64_t ops = 0;
-    pthread_barrier_init(&bar, NULL, (unsigned)nthreads + 1);
-    for (int i = 0; i < nthreads; i++) {
-        s[i] = (struct spinner){.secs = LOOP_SECS, .bar = &bar};
-        pthread_create(&s[i].th, NULL, spin_main, &s[i]);
-    }
-    pthread_barrier_wait(&bar);
-    for (int i = 0; i < nthreads; i++)
-        pthread_join(s[i].th, NULL);
-    pthread_barrier_destroy(&bar);
-    for (int i = 0; i < nthreads; i++) {
-        if (i == 0 || s[i].start < t0)
-            t0 = s[i].start;
-        if (s[i].end > t1)
-            t1 = s[i].end;
-        ops += s[i].ops;
-    }
-    return t1 > t0 ? (double)ops / (t1 - t0) : 0;
 }
 
 /* ---- one value size: every engine ----------------------------------- */
@@ -1592,7 +1557,8 @@ static void run_size(const struct bench *b, struct eng_run *er, int neng, double
                 er[e].out->errors += r.errors;
             }
             if (plan[i].ph == P_GET) {
-                double x = loop_rate(plan[i].threads);
+                double x =
+                    run_phase(b, NULL, NULL, P_LOOP, plan[i].threads, round, LOOP_SECS).ops_s;
                 if (b->rounds_log)
                     fprintf(stderr, " [loop %.0fM]", x / 1e6);
                 if (x > loop[plan[i].row])
