@@ -32,7 +32,9 @@
  *
  * All engines stay open together and every timed phase runs in ROUNDS
  * rounds with the engines taking turns; each engine's best round counts
- * (the machine is shared: contention only ever slows a round). A read
+ * (the machine is shared: contention only ever slows a round). The read
+ * phases go round-major (round 1 of each, then round 2 of each, ...), so
+ * one phase's rounds are spread over the whole read part of the run. A read
  * round stops after N operations or ROUND_CAP seconds, whichever comes
  * first, so a slow engine cannot stretch the run; a rate is operations
  * done / wall time. The threads of a read round claim chunks of one
@@ -1509,21 +1511,71 @@ fail:
     free(tmp);
 }
 
-/* loop[row]: the best multiply-loop rate beside the get rows (R_GET, R_GET2). */
+struct step {
+    int row;
+    enum phase ph;
+    int threads;
+};
+
+/* One round of one phase: every engine in turn, then (beside the get rows)
+ * the multiply loop. Each keeps its best round. */
+static void run_round(const struct bench *b, struct eng_run *er, int neng, const struct step *st,
+                      int round, double *loop)
+{
+    int writes = st->ph == P_MIXED || st->ph == P_DURABLE;
+    double cap = st->ph == P_DURABLE ? b->durable_secs / ROUNDS : ROUND_CAP;
+    for (int e = 0; e < neng; e++) {
+        struct result r;
+        if (er[e].h == NULL || (writes && er[e].e->put == NULL))
+            continue;
+        r = run_phase(b, er[e].e, er[e].h, st->ph, st->threads, round, cap);
+        if (b->rounds_log)
+            fprintf(stderr, " [%s %.3fM]", er[e].e->name, r.ops_s / 1e6);
+        if (r.ops_s > er[e].out->ops_s[st->row])
+            er[e].out->ops_s[st->row] = r.ops_s;
+        er[e].out->bad += r.bad;
+        er[e].out->errors += r.errors;
+    }
+    if (st->ph == P_GET) {
+        double x = run_phase(b, NULL, NULL, P_LOOP, st->threads, round, LOOP_SECS).ops_s;
+        if (b->rounds_log)
+            fprintf(stderr, " [loop %.0fM]", x / 1e6);
+        if (x > loop[st->row])
+            loop[st->row] = x;
+    }
+}
+
+/* loop[row]: the best multiply-loop rate beside the get rows (R_GET, R_GET2).
+ *
+ * The read phases run round by round: round 1 of each of them, then round
+ * 2 of each, then round 3, so one phase's rounds lie some 40 s apart
+ * rather than within 12 s. A slow spell of the machine that lasts a few
+ * tens of seconds (seen here: all three of one engine's rounds of a phase
+ * at half its rate in the other phases of the same run) then costs an
+ * engine one round of a phase, not the phase. The phases that write come
+ * after, each in its own rounds, as they change what the reads would see. */
 static void run_size(const struct bench *b, struct eng_run *er, int neng, double *loop)
 {
-    static const struct {
-        int row;
-        enum phase ph;
-        int threads;
-    } plan[] = {{R_GET, P_GET, 1},     {R_ABSENT, P_ABSENT, 1}, {R_SCAN, P_SCAN, 1},
-                {R_GET2, P_GET, 2},    {R_MIXED, P_MIXED, 1},   {R_DUR1, P_DURABLE, 1},
-                {R_DUR8, P_DURABLE, DUR_THREADS}};
+    static const struct step reads[] = {{R_GET, P_GET, 1},
+                                        {R_ABSENT, P_ABSENT, 1},
+                                        {R_SCAN, P_SCAN, 1},
+                                        {R_GET2, P_GET, 2}};
+    static const struct step writes[] = {{R_MIXED, P_MIXED, 1},
+                                         {R_DUR1, P_DURABLE, 1},
+                                         {R_DUR8, P_DURABLE, DUR_THREADS}};
+    for (int round = 0; round < ROUNDS; round++) {
+        fprintf(stderr, "compare: %3zu-byte values: reads, round %d:", b->vsize, round + 1);
+        double t0 = now();
+        for (size_t i = 0; i < sizeof reads / sizeof reads[0]; i++) {
+            fprintf(stderr, " %s", row_id[reads[i].row]);
+            run_round(b, er, neng, &reads[i], round, loop);
+        }
+        fprintf(stderr, " %.1f s\n", now() - t0);
+    }
     int durable = 0;
-    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
-        int writes = plan[i].ph == P_MIXED || plan[i].ph == P_DURABLE;
-        double cap = plan[i].ph == P_DURABLE ? b->durable_secs / ROUNDS : ROUND_CAP;
-        if (plan[i].ph == P_DURABLE && !durable) {
+    for (size_t i = 0; i < sizeof writes / sizeof writes[0]; i++) {
+        const struct step *st = &writes[i];
+        if (st->ph == P_DURABLE && !durable) {
             for (int e = 0; e < neng; e++) {
                 if (er[e].h == NULL || er[e].e->durable == NULL)
                     continue;
@@ -1537,39 +1589,19 @@ static void run_size(const struct bench *b, struct eng_run *er, int neng, double
             }
             durable = 1;
         }
-        fprintf(stderr, "compare: %3zu-byte values: %s", b->vsize, row_id[plan[i].row]);
+        fprintf(stderr, "compare: %3zu-byte values: %s", b->vsize, row_id[st->row]);
         double t0 = now();
         uint64_t puts0 = 0, syncs0 = 0;
-        int ky = er[E_KYRO].h != NULL && plan[i].ph == P_DURABLE;
+        int ky = er[E_KYRO].h != NULL && st->ph == P_DURABLE;
         if (ky)
             ky_sync_counts(er[E_KYRO].h, &puts0, &syncs0);
-        for (int round = 0; round < ROUNDS; round++) {
-            for (int e = 0; e < neng; e++) {
-                struct result r;
-                if (er[e].h == NULL || (writes && er[e].e->put == NULL))
-                    continue;
-                r = run_phase(b, er[e].e, er[e].h, plan[i].ph, plan[i].threads, round, cap);
-                if (b->rounds_log)
-                    fprintf(stderr, " [%s %.3fM]", er[e].e->name, r.ops_s / 1e6);
-                if (r.ops_s > er[e].out->ops_s[plan[i].row])
-                    er[e].out->ops_s[plan[i].row] = r.ops_s;
-                er[e].out->bad += r.bad;
-                er[e].out->errors += r.errors;
-            }
-            if (plan[i].ph == P_GET) {
-                double x =
-                    run_phase(b, NULL, NULL, P_LOOP, plan[i].threads, round, LOOP_SECS).ops_s;
-                if (b->rounds_log)
-                    fprintf(stderr, " [loop %.0fM]", x / 1e6);
-                if (x > loop[plan[i].row])
-                    loop[plan[i].row] = x;
-            }
-        }
+        for (int round = 0; round < ROUNDS; round++)
+            run_round(b, er, neng, st, round, loop);
         if (ky) {
             uint64_t puts1, syncs1;
             ky_sync_counts(er[E_KYRO].h, &puts1, &syncs1);
             if (syncs1 > syncs0)
-                er[E_KYRO].out->puts_per_sync[plan[i].row] =
+                er[E_KYRO].out->puts_per_sync[st->row] =
                     (double)(puts1 - puts0) / (double)(syncs1 - syncs0);
         }
         fprintf(stderr, " %.1f s\n", now() - t0);
