@@ -38,8 +38,11 @@
  * round stops after N operations or ROUND_CAP seconds, whichever comes
  * first, so a slow engine cannot stretch the run; a rate is operations
  * done / wall time. The threads of a read round claim chunks of one
- * operation list as they go, so both stay busy until it is done. Durable
- * rounds last --durable-secs / ROUNDS each.
+ * operation list as they go, so both stay busy until it is done. The
+ * threads of every round but the durable ones are pinned: round r's
+ * single thread to the (r mod CPUs)-th CPU the process may use, for every
+ * engine alike (see run_phase). Durable rounds last --durable-secs /
+ * ROUNDS each.
  *
  * Beside the 1- and 2-thread get rows, in the same rounds, a multiply loop
  * that touches no memory runs on 1 and on 2 threads: its 2-thread scaling
@@ -69,6 +72,7 @@
 #include <malloc.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1396,6 +1400,29 @@ struct result {
  * thread leaves the barrier (every thread has its per-thread state by
  * then) and stops when the last one finishes. The threads' own clocks are
  * used because the runner may not be scheduled until they are done. */
+/* The CPU, of those this process may run on, that thread tid of a round
+ * is pinned to: (round + tid) modulo their number, so every engine's
+ * rounds of a phase sit on the same CPUs in the same order. -1: none
+ * (the affinity mask cannot be read). */
+static int round_cpu(int round, int tid)
+{
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0 || CPU_COUNT(&set) == 0)
+        return -1;
+    int want = (round + tid) % CPU_COUNT(&set);
+    for (int c = 0; c < CPU_SETSIZE; c++)
+        if (CPU_ISSET(c, &set) && want-- == 0)
+            return c;
+    return -1;
+}
+
+/* One timed round. The threads of a read round (every phase but the
+ * durable ones, whose writers wait on I/O) are pinned by round_cpu: this
+ * VM's vCPUs have run memory-bound code at half speed for seconds at a
+ * time, one vCPU at a time, so a thread the scheduler happened to place
+ * on the slow one would slow one engine's round and not the next one's.
+ * Pinned, the engines' turns of a round share a CPU, and over the rounds
+ * each engine runs on each CPU. */
 static struct result run_phase(const struct bench *b, const struct engine *e, void *h,
                                enum phase ph, int nthreads, int round, double cap)
 {
@@ -1406,10 +1433,21 @@ static struct result run_phase(const struct bench *b, const struct engine *e, vo
     double t0 = 0, t1 = 0;
     pthread_barrier_init(&bar, NULL, (unsigned)nthreads + 1);
     for (int i = 0; i < nthreads; i++) {
+        pthread_attr_t attr;
+        int cpu = ph == P_DURABLE ? -1 : round_cpu(round, i);
+        pthread_attr_init(&attr);
+        if (cpu >= 0) {
+            cpu_set_t one;
+            CPU_ZERO(&one);
+            CPU_SET(cpu, &one);
+            pthread_attr_setaffinity_np(&attr, sizeof one, &one);
+        }
         w[i] = (struct worker){.b = b, .e = e, .h = h, .ph = ph, .tid = i,
                                .nthreads = nthreads, .round = round, .cap = cap, .bar = &bar,
                                .next = &next};
-        pthread_create(&w[i].th, NULL, worker_main, &w[i]);
+        if (pthread_create(&w[i].th, &attr, worker_main, &w[i]) != 0)
+            pthread_create(&w[i].th, NULL, worker_main, &w[i]); /* unpinned, then */
+        pthread_attr_destroy(&attr);
     }
     pthread_barrier_wait(&bar);
     for (int i = 0; i < nthreads; i++)
@@ -1548,8 +1586,8 @@ static void run_round(const struct bench *b, struct eng_run *er, int neng, const
 /* loop[row]: the best multiply-loop rate beside the get rows (R_GET, R_GET2).
  *
  * The read phases run round by round: round 1 of each of them, then round
- * 2 of each, then round 3, so one phase's rounds lie some 40 s apart
- * rather than within 12 s. A slow spell of the machine that lasts a few
+ * 2 of each, then round 3, so one phase's rounds lie some 15 s apart
+ * (30 s from first to last) rather than within 12 s. A slow spell of the machine that lasts a few
  * tens of seconds (seen here: all three of one engine's rounds of a phase
  * at half its rate in the other phases of the same run) then costs an
  * engine one round of a phase, not the phase. The phases that write come
