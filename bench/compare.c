@@ -1396,10 +1396,6 @@ struct result {
     uint64_t ops, bad, errors;
 };
 
-/* Run one phase on nthreads threads; the clock starts when the first
- * thread leaves the barrier (every thread has its per-thread state by
- * then) and stops when the last one finishes. The threads' own clocks are
- * used because the runner may not be scheduled until they are done. */
 /* The CPU, of those this process may run on, that thread tid of a round
  * is pinned to: (round + tid) modulo their number, so every engine's
  * rounds of a phase sit on the same CPUs in the same order. -1: none
@@ -1416,13 +1412,17 @@ static int round_cpu(int round, int tid)
     return -1;
 }
 
-/* One timed round. The threads of a read round (every phase but the
- * durable ones, whose writers wait on I/O) are pinned by round_cpu: this
- * VM's vCPUs have run memory-bound code at half speed for seconds at a
- * time, one vCPU at a time, so a thread the scheduler happened to place
- * on the slow one would slow one engine's round and not the next one's.
- * Pinned, the engines' turns of a round share a CPU, and over the rounds
- * each engine runs on each CPU. */
+/* Run one round of a phase on nthreads threads; the clock starts when the
+ * first thread leaves the barrier (every thread has its per-thread state
+ * by then) and stops when the last one finishes. The threads' own clocks
+ * are used because the runner may not be scheduled until they are done.
+ *
+ * The threads of every phase but the durable ones (whose writers wait on
+ * I/O) are pinned by round_cpu: this VM's vCPUs have run memory-bound code
+ * at half speed for seconds at a time, often one vCPU only, so a thread
+ * the scheduler happened to place on the slow one would slow one engine's
+ * round and not the next one's. Pinned, the engines' turns of a round
+ * share a CPU, and over the rounds each engine runs on each CPU. */
 static struct result run_phase(const struct bench *b, const struct engine *e, void *h,
                                enum phase ph, int nthreads, int round, double cap)
 {
@@ -1587,8 +1587,8 @@ static void run_round(const struct bench *b, struct eng_run *er, int neng, const
  *
  * The read phases run round by round: round 1 of each of them, then round
  * 2 of each, then round 3, so one phase's rounds lie some 15 s apart
- * (30 s from first to last) rather than within 12 s. A slow spell of the machine that lasts a few
- * tens of seconds (seen here: all three of one engine's rounds of a phase
+ * (30 s from first to last) rather than within 12 s. A slow spell of the
+ * machine that lasts a few tens of seconds (seen here: all three of one engine's rounds of a phase
  * at half its rate in the other phases of the same run) then costs an
  * engine one round of a phase, not the phase. The phases that write come
  * after, each in its own rounds, as they change what the reads would see. */
