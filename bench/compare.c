@@ -30,8 +30,9 @@
  * value derived from its key; scans also check the keys and their order.
  * A mismatch or an engine error makes the exit status 1.
  *
- * All engines stay open together and every timed phase runs in ROUNDS
- * rounds with the engines taking turns; each engine's best round counts
+ * All engines stay open together and every timed phase runs in rounds
+ * (READ_ROUNDS for reads, WRITE_ROUNDS for the mixed and durable phases)
+ * with the engines taking turns; each engine's best round counts
  * (the machine is shared: contention only ever slows a round). The read
  * phases go round-major (round 1 of each, then round 2 of each, ...), so
  * one phase's rounds are spread over the whole read part of the run. A read
@@ -42,7 +43,7 @@
  * threads of every round but the durable ones are pinned: round r's
  * single thread to the (r mod CPUs)-th CPU the process may use, for every
  * engine alike (see run_phase). Durable rounds last --durable-secs /
- * ROUNDS each.
+ * WRITE_ROUNDS each.
  *
  * Beside the 1- and 2-thread get rows, in the same rounds, a multiply loop
  * that touches no memory runs on 1 and on 2 threads: its 2-thread scaling
@@ -93,13 +94,17 @@
 #define BATCH 1000
 #define SCAN_LEN 100
 #define DUR_THREADS 8
-/* Each timed phase runs in ROUNDS rounds, the engines taking turns within
- * a round, and each engine keeps its best round: on a shared machine a
+/* Each timed phase runs in rounds, the engines taking turns within a
+ * round, and each engine keeps its best round: on a shared machine a
  * burst of someone else's work then slows one round of every engine
- * rather than all of one engine's measurement. A read round stops after
- * ROUND_CAP seconds even if its share of the N operations is not done, so
- * the whole default run stays within ~10 minutes on two cores. */
-#define ROUNDS 3
+ * rather than all of one engine's measurement. The read phases get more
+ * rounds than the write phases because their rounds are short (a fast
+ * engine's lasts a few tenths of a second) and this machine's slow spells
+ * have lasted up to a minute, longer than three read rounds take. A read
+ * round stops after ROUND_CAP seconds even if its N operations are not
+ * done, so the whole default run stays within ~11 minutes on two cores. */
+#define READ_ROUNDS 5
+#define WRITE_ROUNDS 3
 #define ROUND_CAP 0.7
 #define WARM_CAP 4.0
 /* Seconds of each multiply-loop round (multiply_loop). */
@@ -1196,6 +1201,12 @@ struct bench {
 /* One cache line or more each: a worker counts every operation in ops,
  * and that store must not share a line with what another worker reads on
  * every operation (its b, e, ph), or 2-thread rows measure the sharing. */
+/* How many rounds a phase runs (see READ_ROUNDS). */
+static int phase_rounds(enum phase ph)
+{
+    return ph == P_MIXED || ph == P_DURABLE ? WRITE_ROUNDS : READ_ROUNDS;
+}
+
 struct worker {
     _Alignas(64) const struct bench *b;
     const struct engine *e;
@@ -1353,7 +1364,7 @@ static void *worker_main(void *arg)
     /* Each round starts at its own part of the list (and wraps), so a
      * round that stops early does not leave later rounds re-reading the
      * keys an earlier one just pulled into cache. */
-    first = n * (size_t)w->round / ROUNDS;
+    first = n * (size_t)w->round / (size_t)phase_rounds(w->ph);
     pthread_barrier_wait(w->bar);
     start = now();
     deadline = start + w->cap;
@@ -1561,7 +1572,7 @@ static void run_round(const struct bench *b, struct eng_run *er, int neng, const
                       int round, double *loop)
 {
     int writes = st->ph == P_MIXED || st->ph == P_DURABLE;
-    double cap = st->ph == P_DURABLE ? b->durable_secs / ROUNDS : ROUND_CAP;
+    double cap = st->ph == P_DURABLE ? b->durable_secs / WRITE_ROUNDS : ROUND_CAP;
     for (int e = 0; e < neng; e++) {
         struct result r;
         if (er[e].h == NULL || (writes && er[e].e->put == NULL))
@@ -1586,12 +1597,14 @@ static void run_round(const struct bench *b, struct eng_run *er, int neng, const
 /* loop[row]: the best multiply-loop rate beside the get rows (R_GET, R_GET2).
  *
  * The read phases run round by round: round 1 of each of them, then round
- * 2 of each, then round 3, so one phase's rounds lie some 15 s apart
- * (30 s from first to last) rather than within 12 s. A slow spell of the
- * machine that lasts a few tens of seconds (seen here: all three of one engine's rounds of a phase
- * at half its rate in the other phases of the same run) then costs an
- * engine one round of a phase, not the phase. The phases that write come
- * after, each in its own rounds, as they change what the reads would see. */
+ * 2 of each, and so on, so one phase's rounds lie some 15 s apart (a
+ * minute from first to last) rather than within 12 s. A slow spell of the
+ * machine that lasts a few tens of seconds (seen here: all three of one
+ * engine's rounds of a phase at half its rate in the other phases of the
+ * same run, and once every engine's reads slowed for about 50 s) then
+ * costs an engine some rounds of a phase, not the phase. The phases that
+ * write come after, each in its own rounds, as they change what the reads
+ * would see. */
 static void run_size(const struct bench *b, struct eng_run *er, int neng, double *loop)
 {
     static const struct step reads[] = {{R_GET, P_GET, 1},
@@ -1601,7 +1614,7 @@ static void run_size(const struct bench *b, struct eng_run *er, int neng, double
     static const struct step writes[] = {{R_MIXED, P_MIXED, 1},
                                          {R_DUR1, P_DURABLE, 1},
                                          {R_DUR8, P_DURABLE, DUR_THREADS}};
-    for (int round = 0; round < ROUNDS; round++) {
+    for (int round = 0; round < READ_ROUNDS; round++) {
         fprintf(stderr, "compare: %3zu-byte values: reads, round %d:", b->vsize, round + 1);
         double t0 = now();
         for (size_t i = 0; i < sizeof reads / sizeof reads[0]; i++) {
@@ -1633,7 +1646,7 @@ static void run_size(const struct bench *b, struct eng_run *er, int neng, double
         int ky = er[E_KYRO].h != NULL && st->ph == P_DURABLE;
         if (ky)
             ky_sync_counts(er[E_KYRO].h, &puts0, &syncs0);
-        for (int round = 0; round < ROUNDS; round++)
+        for (int round = 0; round < WRITE_ROUNDS; round++)
             run_round(b, er, neng, st, round, loop);
         if (ky) {
             uint64_t puts1, syncs1;
@@ -1768,9 +1781,9 @@ static void report(const struct bench *b, const struct eng_out *o, const double 
         return;
     }
 
-    printf("\n== %zu keys, %zu-byte values (ops/s, best of %d interleaved rounds; a read round "
-           "stops at %.1f s, a durable round runs %.2f s)\n",
-           b->n, b->vsize, ROUNDS, ROUND_CAP, b->durable_secs / ROUNDS);
+    printf("\n== %zu keys, %zu-byte values (ops/s, best of %d interleaved read rounds, of %d "
+           "mixed or durable rounds; a read round stops at %.1f s, a durable round runs %.2f s)\n",
+           b->n, b->vsize, READ_ROUNDS, WRITE_ROUNDS, ROUND_CAP, b->durable_secs / WRITE_ROUNDS);
     printf("%-18s", "op");
     for (int e = 0; e < NENG; e++)
         printf(" %12s", engines[e].name);
