@@ -1,7 +1,8 @@
 /*
  * benchutil.h — what every C benchmark in bench/ shares: the key generator,
- * the clock, a value pattern checkable from its key, and sorted-array
- * helpers for the baselines. Header-only (static functions).
+ * the clock, a value pattern checkable from its key, sorted-array helpers
+ * for the baselines, and a pointer chase that measures memory latency.
+ * Header-only (static functions).
  */
 #ifndef KYRO_BENCHUTIL_H
 #define KYRO_BENCHUTIL_H
@@ -69,6 +70,32 @@ static inline void shuffle(uint64_t *a, size_t n, uint64_t seed)
         a[i - 1] = a[j];
         a[j] = t;
     }
+}
+
+/* Words per 64-byte line, the pointer chase's unit. */
+#define CHASE_LINE_WORDS 8
+
+/* Link `lines` 64-byte lines of block into one random cycle, using order
+ * (room for `lines` entries) as scratch: each line's first word holds the
+ * word index of the next line. Returns the word index of a line on it. */
+static inline uint64_t chase_link(uint64_t *block, uint64_t *order, size_t lines, uint64_t seed)
+{
+    memset(block, 0, lines * 64);
+    for (size_t i = 0; i < lines; i++)
+        order[i] = i;
+    shuffle(order, lines, seed);
+    for (size_t i = 0; i < lines; i++)
+        block[order[i] * CHASE_LINE_WORDS] = order[(i + 1) % lines] * CHASE_LINE_WORDS;
+    return order[0] * CHASE_LINE_WORDS;
+}
+
+/* Follow the cycle `steps` loads from word index p, each load waiting for
+ * the one before; returns where it stopped (use it, or the loads can go). */
+static inline uint64_t chase(const uint64_t *block, uint64_t p, long steps)
+{
+    for (long i = 0; i < steps; i++)
+        p = block[p];
+    return p;
 }
 
 #endif

@@ -47,7 +47,11 @@
  *
  * Beside the 1- and 2-thread get rows, in the same rounds, a multiply loop
  * that touches no memory runs on 1 and on 2 threads: its 2-thread scaling
- * says whether the machine gave the process two CPUs' time then.
+ * says whether the machine gave the process two CPUs' time then. After
+ * each read round a pointer chase through CHASE_MIB measures the memory
+ * latency of each of two CPUs: this VM's vCPUs have spent minutes with
+ * one of them reaching memory far slower than the other, which slows
+ * every engine's turn on it and caps what two threads can add.
  *
  * The table gives ops/s per engine, KyroDB / best peer (peers: the other
  * engines), KyroDB / sorted array (the no-index baseline), and PASS/MISS
@@ -109,6 +113,11 @@
 #define WARM_CAP 4.0
 /* Seconds of each multiply-loop round (multiply_loop). */
 #define LOOP_SECS 0.3
+/* The memory-latency chase (P_CHASE): its block, larger than this
+ * machine's L3 and as large as a 16-byte run's keys and values together,
+ * and its loads per measurement (some 20-60 ms). */
+#define CHASE_MIB 128
+#define CHASE_STEPS 150000
 /* Spare room past the value size in read buffers, so a wrong (longer)
  * value is caught as a length mismatch rather than truncated. */
 #define BUF_SLACK 64
@@ -1185,7 +1194,7 @@ static const char *row_name[NROWS] = {"load (batch 1000)", "get present",   "get
 static const char *row_id[NROWS] = {"load", "get", "get_absent", "scan100",
                                     "get_2t", "mixed", "durable_1t", "durable_8t"};
 
-enum phase { P_WARM, P_GET, P_ABSENT, P_SCAN, P_MIXED, P_DURABLE, P_LOOP };
+enum phase { P_WARM, P_GET, P_ABSENT, P_SCAN, P_MIXED, P_DURABLE, P_LOOP, P_CHASE };
 
 struct bench {
     size_t n, vsize;
@@ -1196,17 +1205,32 @@ struct bench {
     size_t nscan;
     double durable_secs;
     int rounds_log; /* --rounds: print every round's rate to stderr */
+    /* P_CHASE: a CHASE_MIB block linked into one random cycle, and where
+     * the next chase starts (each goes on from where the last stopped, so
+     * none re-reads lines a recent one left in the cache). */
+    const uint64_t *chase_block;
+    uint64_t *chase_at;
 };
 
-/* One cache line or more each: a worker counts every operation in ops,
- * and that store must not share a line with what another worker reads on
- * every operation (its b, e, ph), or 2-thread rows measure the sharing. */
+/* What the machine gave the process during the read rounds, measured
+ * beside them: the multiply loop's best rate beside the get rows (loop,
+ * by row), and the memory latency of each of the two CPUs a 2-thread
+ * round runs on, in every read round (mem_ns; 0 = not measured). */
+struct machine {
+    double loop[NROWS];
+    int mem_cpu[2];
+    double mem_ns[READ_ROUNDS][2];
+};
+
 /* How many rounds a phase runs (see READ_ROUNDS). */
 static int phase_rounds(enum phase ph)
 {
     return ph == P_MIXED || ph == P_DURABLE ? WRITE_ROUNDS : READ_ROUNDS;
 }
 
+/* One cache line or more each: a worker counts every operation in ops,
+ * and that store must not share a line with what another worker reads on
+ * every operation (its b, e, ph), or 2-thread rows measure the sharing. */
 struct worker {
     _Alignas(64) const struct bench *b;
     const struct engine *e;
@@ -1334,11 +1358,25 @@ static void multiply_loop(struct worker *w)
     w->end = now();
 }
 
+/* P_CHASE: the latency of one dependent load that misses the cache, on
+ * the CPU the thread is pinned to. Beside the read rounds it shows when
+ * one vCPU's memory is slower than the other's, which no engine's turn on
+ * that vCPU can escape and which caps the 2-thread rows. */
+static void memory_chase(struct worker *w)
+{
+    const struct bench *b = w->b;
+    pthread_barrier_wait(w->bar);
+    w->start = now();
+    *b->chase_at = chase(b->chase_block, *b->chase_at, CHASE_STEPS);
+    w->end = now();
+    w->ops = CHASE_STEPS;
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
-    if (w->ph == P_LOOP) {
-        multiply_loop(w);
+    if (w->ph == P_LOOP || w->ph == P_CHASE) {
+        (w->ph == P_LOOP ? multiply_loop : memory_chase)(w);
         return NULL;
     }
     const struct bench *b = w->b;
@@ -1359,7 +1397,7 @@ static void *worker_main(void *arg)
     case P_GET: case P_MIXED: list = b->order; n = b->n; break;
     case P_ABSENT: list = b->absent; n = b->n; break;
     case P_SCAN: list = b->starts; n = b->nscan; break;
-    case P_DURABLE: case P_LOOP: break;
+    case P_DURABLE: case P_LOOP: case P_CHASE: break;
     }
     /* Each round starts at its own part of the list (and wraps), so a
      * round that stops early does not leave later rounds re-reading the
@@ -1569,7 +1607,7 @@ struct step {
 /* One round of one phase: every engine in turn, then (beside the get rows)
  * the multiply loop. Each keeps its best round. */
 static void run_round(const struct bench *b, struct eng_run *er, int neng, const struct step *st,
-                      int round, double *loop)
+                      int round, struct machine *m)
 {
     int writes = st->ph == P_MIXED || st->ph == P_DURABLE;
     double cap = st->ph == P_DURABLE ? b->durable_secs / WRITE_ROUNDS : ROUND_CAP;
@@ -1589,12 +1627,29 @@ static void run_round(const struct bench *b, struct eng_run *er, int neng, const
         double x = run_phase(b, NULL, NULL, P_LOOP, st->threads, round, LOOP_SECS).ops_s;
         if (b->rounds_log)
             fprintf(stderr, " [loop %.0fM]", x / 1e6);
-        if (x > loop[st->row])
-            loop[st->row] = x;
+        if (x > m->loop[st->row])
+            m->loop[st->row] = x;
     }
 }
 
-/* loop[row]: the best multiply-loop rate beside the get rows (R_GET, R_GET2).
+/* After a read round: on each of two CPUs, the latency of a dependent
+ * load that misses the cache. */
+static void measure_memory(const struct bench *b, int round, struct machine *m)
+{
+    for (int slot = 0; slot < 2; slot++) {
+        /* A 1-thread phase of round r runs on round_cpu(r, 0): as rounds 0
+         * and 1, the chases run on the first two CPUs the process may use
+         * (on two CPUs, those of every 2-thread round). */
+        struct result r = run_phase(b, NULL, NULL, P_CHASE, 1, slot, 1.0);
+        m->mem_cpu[slot] = round_cpu(slot, 0);
+        m->mem_ns[round][slot] = r.ops_s > 0 ? 1e9 / r.ops_s : 0;
+        if (b->rounds_log)
+            fprintf(stderr, " [memory CPU %d %.0f ns]", m->mem_cpu[slot], m->mem_ns[round][slot]);
+    }
+}
+
+/* m: the multiply loop beside the get rows, and the memory latency of the
+ * two CPUs after each read round (struct machine).
  *
  * The read phases run round by round: round 1 of each of them, then round
  * 2 of each, and so on, so one phase's rounds lie some 15 s apart (a
@@ -1605,7 +1660,7 @@ static void run_round(const struct bench *b, struct eng_run *er, int neng, const
  * costs an engine some rounds of a phase, not the phase. The phases that
  * write come after, each in its own rounds, as they change what the reads
  * would see. */
-static void run_size(const struct bench *b, struct eng_run *er, int neng, double *loop)
+static void run_size(const struct bench *b, struct eng_run *er, int neng, struct machine *m)
 {
     static const struct step reads[] = {{R_GET, P_GET, 1},
                                         {R_ABSENT, P_ABSENT, 1},
@@ -1619,8 +1674,9 @@ static void run_size(const struct bench *b, struct eng_run *er, int neng, double
         double t0 = now();
         for (size_t i = 0; i < sizeof reads / sizeof reads[0]; i++) {
             fprintf(stderr, " %s", row_id[reads[i].row]);
-            run_round(b, er, neng, &reads[i], round, loop);
+            run_round(b, er, neng, &reads[i], round, m);
         }
+        measure_memory(b, round, m);
         fprintf(stderr, " %.1f s\n", now() - t0);
     }
     int durable = 0;
@@ -1647,7 +1703,7 @@ static void run_size(const struct bench *b, struct eng_run *er, int neng, double
         if (ky)
             ky_sync_counts(er[E_KYRO].h, &puts0, &syncs0);
         for (int round = 0; round < WRITE_ROUNDS; round++)
-            run_round(b, er, neng, st, round, loop);
+            run_round(b, er, neng, st, round, m);
         if (ky) {
             uint64_t puts1, syncs1;
             ky_sync_counts(er[E_KYRO].h, &puts1, &syncs1);
@@ -1730,7 +1786,26 @@ static void csv_targets(const struct eng_out *o, int row)
     printf(",%s,%s,%s", tt, xx, vv);
 }
 
-static void report(const struct bench *b, const struct eng_out *o, const double *loop, int csv,
+/* The median over the read rounds of one CPU's memory latency (ns). */
+static double median_mem_ns(const struct machine *m, int slot)
+{
+    double v[READ_ROUNDS];
+    int k = 0;
+    for (int r = 0; r < READ_ROUNDS; r++) {
+        double x = m->mem_ns[r][slot];
+        int j = k++;
+        if (x <= 0) {
+            k--;
+            continue;
+        }
+        for (; j > 0 && v[j - 1] > x; j--) /* insertion: a handful of rounds */
+            v[j] = v[j - 1];
+        v[j] = x;
+    }
+    return k == 0 ? 0 : k % 2 ? v[k / 2] : (v[k / 2 - 1] + v[k / 2]) / 2;
+}
+
+static void report(const struct bench *b, const struct eng_out *o, const struct machine *m, int csv,
                    int *header_done)
 {
     double per_key_budget = 1.3 * (double)(8 + b->vsize + 16);
@@ -1777,7 +1852,10 @@ static void report(const struct bench *b, const struct eng_out *o, const double 
                    s <= per_key_budget ? "PASS" : "MISS");
         }
         printf("%zu,%zu,cpu_loop_2t_vs_1t,%.3f,,,,,,,,,,,\n", b->n, b->vsize,
-               loop[R_GET] > 0 ? loop[R_GET2] / loop[R_GET] : 0);
+               m->loop[R_GET] > 0 ? m->loop[R_GET2] / m->loop[R_GET] : 0);
+        for (int slot = 0; slot < 2; slot++)
+            printf("%zu,%zu,memory_latency_ns_cpu%d,%.1f,,,,,,,,,,,\n", b->n, b->vsize,
+                   m->mem_cpu[slot], median_mem_ns(m, slot));
         return;
     }
 
@@ -1841,7 +1919,10 @@ static void report(const struct bench *b, const struct eng_out *o, const double 
             printf("  (");
             if (o[E_ARRAY].ran && o[E_ARRAY].ops_s[R_GET] > 0)
                 printf("sorted array: %.2fx, ", o[E_ARRAY].ops_s[R_GET2] / o[E_ARRAY].ops_s[R_GET]);
-            printf("CPU-only loop: %.2fx)", loop[R_GET] > 0 ? loop[R_GET2] / loop[R_GET] : 0);
+            printf("CPU-only loop: %.2fx; memory latency, median of the read rounds: "
+                   "CPU %d %.0f ns, CPU %d %.0f ns)",
+                   m->loop[R_GET] > 0 ? m->loop[R_GET2] / m->loop[R_GET] : 0, m->mem_cpu[0],
+                   median_mem_ns(m, 0), m->mem_cpu[1], median_mem_ns(m, 1));
         }
         if (o[E_KYRO].puts_per_sync[targets[t].row] > 0)
             printf("  (KyroDB: %.1f puts per fdatasync)",
@@ -2007,6 +2088,16 @@ int main(int argc, char **argv)
     }
     for (size_t i = 0; i < nscan; i++)
         starts[i] = keys[splitmix64(&seed) % n];
+    /* Built before any engine opens, so no engine's RSS delta holds it. */
+    size_t chase_lines = (size_t)CHASE_MIB * 1024 * 1024 / 64;
+    uint64_t *chase_block = aligned_alloc(64, chase_lines * 64), chase_at = 0;
+    uint64_t *chase_order = malloc(chase_lines * sizeof *chase_order);
+    if (!chase_block || !chase_order) {
+        fprintf(stderr, "compare: out of memory for the %d MiB latency block\n", CHASE_MIB);
+        return 1;
+    }
+    chase_at = chase_link(chase_block, chase_order, chase_lines, 0x63686173ull);
+    free(chase_order);
 
     if (!csv) {
         printf("compare: KyroDB %s, %s, RocksDB (C API), LevelDB %d.%d, SQLite %s\n",
@@ -2022,8 +2113,8 @@ int main(int argc, char **argv)
     }
 
     for (size_t v = 0; v < nv; v++) {
-        struct bench b = {n, vsizes[v], sorted, order, absent, starts, nscan, durable_secs,
-                          rounds_log};
+        struct bench b = {n,           vsizes[v],   sorted,      order,    absent, starts,
+                          nscan,       durable_secs, rounds_log, chase_block, &chase_at};
         struct eng_out out[NENG];
         struct eng_run er[NENG];
         memset(out, 0, sizeof out);
@@ -2041,8 +2132,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "compare: %3zu-byte values: sync", b.vsize);
         sync();
         fprintf(stderr, " %.1f s\n", now() - t0);
-        double loop[NROWS] = {0};
-        run_size(&b, er, NENG, loop);
+        struct machine m;
+        memset(&m, 0, sizeof m);
+        run_size(&b, er, NENG, &m);
         for (int e = 0; e < NENG; e++) {
             if (er[e].h) {
                 er[e].e->close(er[e].h);
@@ -2051,7 +2143,7 @@ int main(int argc, char **argv)
             if (out[e].bad || out[e].errors)
                 failed = 1;
         }
-        report(&b, out, loop, csv, &header_done);
+        report(&b, out, &m, csv, &header_done);
         fflush(stdout);
     }
     remove_tree(parent);
@@ -2060,6 +2152,7 @@ int main(int argc, char **argv)
     free(order);
     free(absent);
     free(starts);
+    free(chase_block);
     if (failed)
         fprintf(stderr, "compare: FAILED: wrong results or errors (see above)\n");
     return failed;

@@ -20,7 +20,6 @@
 
 #include "benchutil.h"
 
-#define LINE_WORDS 8 /* uint64_t per 64-byte line */
 #define STEPS 4000000
 
 static int measure(size_t mib)
@@ -38,21 +37,13 @@ static int measure(size_t mib)
         free(order);
         return -1;
     }
-    memset(block, 0, lines * 64);
-    for (size_t i = 0; i < lines; i++)
-        order[i] = i;
-    shuffle(order, lines, 0x6D656D6C6174ull + mib);
-    /* Line order[i] points at line order[i + 1]: one cycle through all. */
-    for (size_t i = 0; i < lines; i++)
-        block[order[i] * LINE_WORDS] = order[(i + 1) % lines] * LINE_WORDS;
-
-    uint64_t p = order[0] * LINE_WORDS;
+    uint64_t p = chase_link(block, order, lines, 0x6D656D6C6174ull + mib);
+    /* The second chain starts half a cycle on, far from the first. */
+    uint64_t a = p, b = order[lines / 2] * CHASE_LINE_WORDS;
     double t0 = now();
-    for (int i = 0; i < STEPS; i++)
-        p = block[p];
+    p = chase(block, p, STEPS);
     double one = (now() - t0) / STEPS * 1e9;
 
-    uint64_t a = order[0] * LINE_WORDS, b = order[lines / 2] * LINE_WORDS;
     t0 = now();
     for (int i = 0; i < STEPS / 2; i++) {
         a = block[a];
