@@ -113,9 +113,9 @@
 #define WARM_CAP 4.0
 /* Seconds of each multiply-loop round (multiply_loop). */
 #define LOOP_SECS 0.3
-/* The memory-latency chase (P_CHASE): its block, larger than this
- * machine's L3 and as large as a 16-byte run's keys and values together,
- * and its loads per measurement (some 40-90 ms, twice: see memory_chase). */
+/* The memory-latency chase (P_CHASE): its block, four times this
+ * machine's 32 MB L3 so that nearly every load misses it, and its loads
+ * per measurement (some 40-90 ms, twice: see memory_chase). */
 #define CHASE_MIB 128
 #define CHASE_STEPS 150000
 /* Spare room past the value size in read buffers, so a wrong (longer)
@@ -1822,11 +1822,9 @@ static double median_mem_ns(const struct machine *m, int slot)
     int k = 0;
     for (int r = 0; r < READ_ROUNDS; r++) {
         double x = m->mem_ns[r][slot];
-        int j = k++;
-        if (x <= 0) {
-            k--;
+        if (x <= 0)
             continue;
-        }
+        int j = k++;
         for (; j > 0 && v[j - 1] > x; j--) /* insertion: a handful of rounds */
             v[j] = v[j - 1];
         v[j] = x;
@@ -1954,8 +1952,10 @@ static void report(const struct bench *b, const struct eng_out *o, const struct 
             printf("  (");
             if (o[E_ARRAY].ran && o[E_ARRAY].ops_s[R_GET] > 0)
                 printf("sorted array: %.2fx, ", o[E_ARRAY].ops_s[R_GET2] / o[E_ARRAY].ops_s[R_GET]);
-            printf("CPU-only loop: %.2fx)\n", m->loop[R_GET] > 0 ? m->loop[R_GET2] / m->loop[R_GET] : 0);
-            printf("%47s memory latency, median of the read rounds: CPU %d %.0f ns, CPU %d %.0f ns;\n"
+            printf("CPU-only loop: %.2fx)\n",
+                   m->loop[R_GET] > 0 ? m->loop[R_GET2] / m->loop[R_GET] : 0);
+            printf("%47s memory latency, median of the read rounds: CPU %d %.0f ns, "
+                   "CPU %d %.0f ns;\n"
                    "%47s 2 threads over the mean of the best 1-thread round on each CPU: KyroDB "
                    "%.2fx, sorted array %.2fx",
                    "", m->mem_cpu[0], median_mem_ns(m, 0), m->mem_cpu[1], median_mem_ns(m, 1), "",
@@ -2150,8 +2150,10 @@ int main(int argc, char **argv)
     }
 
     for (size_t v = 0; v < nv; v++) {
-        struct bench b = {n,           vsizes[v],   sorted,      order,    absent, starts,
-                          nscan,       durable_secs, rounds_log, chase_block, &chase_at};
+        struct bench b = {.n = n, .vsize = vsizes[v], .sorted = sorted, .order = order,
+                          .absent = absent, .starts = starts, .nscan = nscan,
+                          .durable_secs = durable_secs, .rounds_log = rounds_log,
+                          .chase_block = chase_block, .chase_at = &chase_at};
         struct eng_out out[NENG];
         struct eng_run er[NENG];
         memset(out, 0, sizeof out);
