@@ -97,6 +97,9 @@ COMPARE_LIBS := -llmdb -lrocksdb -lleveldb -lsqlite3
 # BENCH_RUN += $(BUILD)/bench/NAME; arguments for one program go in
 # BENCH_ARGS_NAME (e.g. make bench BENCH_ARGS_kvbench='-n 500000').
 BENCH_RUN := $(BUILD)/bench/kvbench $(BUILD)/bench/index_bench $(BUILD)/bench/compare
+# Every round's rate on compare's progress lines (stderr), so a run that
+# misses a target shows which rounds were slow and on which CPU.
+BENCH_ARGS_compare ?= --rounds
 
 FUZZ_CC ?= clang
 FUZZ_SECS ?= 60
