@@ -1940,8 +1940,11 @@ static void report(const struct bench *b, const struct eng_out *o, const struct 
     for (int t = 0; t < NTARGETS; t++) {
         const char *against;
         double x = target_ratio(o, &targets[t], &against);
-        printf("  %-18s vs %-12s %6.2fx  need %-18s %s", row_name[targets[t].row], against, x,
-               targets[t].text, verdict(x, targets[t].need));
+        char ratio[16] = "   n/a ";
+        if (!isnan(x))
+            snprintf(ratio, sizeof ratio, "%6.2fx", x);
+        printf("  %-18s vs %-12s %s  need %-18s %s", row_name[targets[t].row],
+               *against ? against : "-", ratio, targets[t].text, verdict(x, targets[t].need));
         /* Two threads can only scale as far as the machine lets them: the
          * sorted array's scaling and the multiply loop's, in the same
          * rounds, show how far that was, and the two CPUs' memory latency
@@ -1956,10 +1959,11 @@ static void report(const struct bench *b, const struct eng_out *o, const struct 
             printf("%47s memory latency, median of the read rounds: CPU %d %.0f ns, "
                    "CPU %d %.0f ns;\n"
                    "%47s 2 threads over the mean of the best 1-thread round on each CPU: KyroDB "
-                   "%.2fx, sorted array %.2fx",
+                   "%.2fx",
                    "", round_cpu(0, 0), median_mem_ns(m, 0), round_cpu(1, 0),
-                   median_mem_ns(m, 1), "", per_cpu_scaling(&o[E_KYRO]),
-                   per_cpu_scaling(&o[E_ARRAY]));
+                   median_mem_ns(m, 1), "", per_cpu_scaling(&o[E_KYRO]));
+            if (o[E_ARRAY].ran)
+                printf(", sorted array %.2fx", per_cpu_scaling(&o[E_ARRAY]));
         }
         if (o[E_KYRO].puts_per_sync[targets[t].row] > 0)
             printf("  (KyroDB: %.1f puts per fdatasync)",
