@@ -1958,12 +1958,18 @@ static void report(const struct bench *b, const struct eng_out *o, const struct 
                    m->loop[R_GET] > 0 ? m->loop[R_GET2] / m->loop[R_GET] : 0);
             printf("%47s memory latency, median of the read rounds: CPU %d %.0f ns, "
                    "CPU %d %.0f ns;\n"
-                   "%47s 2 threads over the mean of the best 1-thread round on each CPU: KyroDB "
-                   "%.2fx",
+                   "%47s 2 threads over the mean of the best 1-thread round on each CPU:",
                    "", round_cpu(0, 0), median_mem_ns(m, 0), round_cpu(1, 0),
-                   median_mem_ns(m, 1), "", per_cpu_scaling(&o[E_KYRO]));
-            if (o[E_ARRAY].ran)
-                printf(", sorted array %.2fx", per_cpu_scaling(&o[E_ARRAY]));
+                   median_mem_ns(m, 1), "");
+            const int shown[2] = {E_KYRO, E_ARRAY};
+            const char *sep = " ";
+            for (int i = 0; i < 2; i++) {
+                int e = shown[i];
+                if (o[e].ran) {
+                    printf("%s%s %.2fx", sep, engines[e].name, per_cpu_scaling(&o[e]));
+                    sep = ", ";
+                }
+            }
         }
         if (o[E_KYRO].puts_per_sync[targets[t].row] > 0)
             printf("  (KyroDB: %.1f puts per fdatasync)",
