@@ -12,11 +12,19 @@
  * KyroDB / baseline; then the index fields of kv_stats, taken right after
  * the present-key gets.
  *
- *   kvbench [-n N] [-v BYTES] [-s SCANS] [-d DIR] [--csv]
+ *   kvbench [-n N] [-v BYTES] [-s SCANS] [-d DIR] [--pad K] [--csv]
  *
  * -n keys (default 2000000), -v value size (default 16), -s scans
  * (default N / 20), -d parent of the temporary database directory (default
- * $TMPDIR or /tmp), --csv one header line and one data line.
+ * $TMPDIR or /tmp), --pad K (1 to 256) K one-byte NOPs after each
+ * present get of both KyroDB and the baseline, --csv one header line and
+ * one data line.
+ *
+ * --pad is a probe of the CPU's window, not a workload: a get that waits on
+ * memory can overlap with the next get only while the instructions between
+ * them fit in the reorder buffer, and padding shows how close to that limit
+ * the present-key loop runs (a loop that already overlaps nothing loses
+ * nothing to the padding).
  * Exit status 1 if any operation fails or returns a wrong value.
  */
 #define _GNU_SOURCE
@@ -59,9 +67,29 @@ struct row {
 
 static double rate(uint64_t ops, double secs) { return secs > 0 ? (double)ops / secs : 0; }
 
+/* A run of PAD_MAX one-byte NOPs and a return: a call PAD_MAX - K bytes
+ * in runs the last K of them. x86-64 only (elsewhere --pad is refused). */
+#define PAD_MAX 256
+#if defined(__x86_64__)
+#define PAD_STR(x) #x
+#define PAD_REPT(x) PAD_STR(x)
+__asm__(".pushsection .text\n"
+        ".p2align 6\n"
+        "kvbench_nops:\n"
+        ".rept " PAD_REPT(PAD_MAX) "\n\tnop\n.endr\n"
+        "\tret\n"
+        ".popsection\n");
+extern const unsigned char kvbench_nops[];
+#define PAD_ENTRY(k) ((void (*)(void))(uintptr_t)(kvbench_nops + (PAD_MAX - (k))))
+#else
+#define PAD_ENTRY(k) ((void (*)(void))NULL)
+#endif
+
 static void usage(const char *prog)
 {
-    fprintf(stderr, "usage: %s [-n KEYS] [-v VALUE_BYTES] [-s SCANS] [-d DIR] [--csv]\n", prog);
+    fprintf(stderr,
+            "usage: %s [-n KEYS] [-v VALUE_BYTES] [-s SCANS] [-d DIR] [--pad 1-256] [--csv]\n",
+            prog);
     exit(2);
 }
 
@@ -82,6 +110,8 @@ static uint64_t parse_num(const char *prog, const char *s)
 int main(int argc, char **argv)
 {
     size_t n = 2000000, vsize = 16, nscan = 0;
+    uint64_t pad = 0;
+    void (*pad_fn)(void) = NULL;
     int csv = 0;
     const char *parent = getenv("TMPDIR");
     char dir[4096];
@@ -104,7 +134,11 @@ int main(int argc, char **argv)
             nscan = (size_t)parse_num(argv[0], argv[++i]);
         else if (strcmp(argv[i], "-d") == 0 && i + 1 < argc)
             parent = argv[++i];
-        else if (strcmp(argv[i], "--csv") == 0)
+        else if (strcmp(argv[i], "--pad") == 0) {
+            pad = parse_num(argv[0], argv[++i]);
+            if (pad == 0 || pad > PAD_MAX || (pad_fn = PAD_ENTRY(pad)) == NULL)
+                usage(argv[0]);
+        } else if (strcmp(argv[i], "--csv") == 0)
             csv = 1;
         else
             usage(argv[0]);
@@ -194,6 +228,8 @@ int main(int argc, char **argv)
         fill_value(order[i], val, vsize);
         if (len != vsize || memcmp(buf, val, vsize) != 0)
             FAIL("kv_get %llu: wrong value", (unsigned long long)order[i]);
+        if (pad_fn)
+            pad_fn();
     }
     r->secs = now() - t0;
     if ((rc = kv_stats_get(db, &st)) != KV_OK)
@@ -207,6 +243,8 @@ int main(int argc, char **argv)
         fill_value(order[i], val, vsize);
         if (memcmp(buf, val, vsize) != 0)
             FAIL("baseline: wrong value");
+        if (pad_fn)
+            pad_fn();
     }
     r->base_secs = now() - t0;
 
@@ -266,7 +304,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < nrows; i++)
             printf(",%s_s,%s_ops_s,%s_baseline_ops_s,%s_ratio", rows[i].id, rows[i].id, rows[i].id,
                    rows[i].id);
-        printf(",index_models,index_max_error,index_avg_probe,index_fallbacks,memory_bytes,simd\n");
+        printf(",index_models,index_max_error,index_avg_probe,index_fallbacks,memory_bytes,simd,pad\n");
         printf("%zu,%zu,%zu", n, vsize, nscan);
         for (int i = 0; i < nrows; i++) {
             double kr = rate(rows[i].ops, rows[i].secs), br = rate(rows[i].ops, rows[i].base_secs);
@@ -276,13 +314,16 @@ int main(int argc, char **argv)
             else
                 printf(",,");
         }
-        printf(",%llu,%llu,%.3f,%llu,%llu,%s\n", (unsigned long long)st.index_models,
+        printf(",%llu,%llu,%.3f,%llu,%llu,%s,%llu\n", (unsigned long long)st.index_models,
                (unsigned long long)st.index_max_error, st.index_avg_probe,
                (unsigned long long)st.index_fallbacks, (unsigned long long)st.memory_bytes,
-               st.simd ? st.simd : "");
+               st.simd ? st.simd : "", (unsigned long long)pad);
     } else {
         printf("kvbench: %zu keys, %zu-byte values, %zu scans of %d, KV_SYNC_OFF, %s\n", n, vsize,
                nscan, SCAN_LEN, dir);
+        if (pad)
+            printf("--pad %llu: %llu NOPs after each present get, KyroDB and baseline alike\n",
+                   (unsigned long long)pad, (unsigned long long)pad);
         printf("%-14s %10s %9s %14s %14s %8s\n", "op", "ops", "seconds", "KyroDB ops/s",
                "sorted array", "ratio");
         for (int i = 0; i < nrows; i++) {
