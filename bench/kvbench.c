@@ -25,6 +25,7 @@
  * them fit in the reorder buffer, and padding shows how close to that limit
  * the present-key loop runs (a loop that already overlaps nothing loses
  * nothing to the padding).
+ *
  * Exit status 1 if any operation fails or returns a wrong value.
  */
 #define _GNU_SOURCE
@@ -201,10 +202,10 @@ int main(int argc, char **argv)
     opts.sync = KV_SYNC_OFF;
     /* No automatic snapshot. At 100-byte values the puts' log ends just
      * past the default 256 MiB, so one would start in the background as
-     * the puts finish, and where it landed decided what was measured: its
-     * work inside the rebuild's time (which waits for it) or beside the
-     * gets, and the gets reading the base from the heap or, once it is
-     * done, from the snapshot's mapping. */
+     * the puts finish, and where it lands would decide what is measured:
+     * its work inside the rebuild's time (which waits for it) or beside
+     * the gets, and the gets reading the base from the heap or, once it
+     * is done, from the snapshot's mapping. */
     opts.wal_max_bytes = 0;
     if ((rc = kv_open(dir, &opts, &db)) != KV_OK)
         FAIL("kv_open %s: %s", dir, kv_strerror(rc));
