@@ -31,6 +31,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include "kyro.h"
 #include "wal.h"
@@ -101,6 +102,52 @@ static int zeros_from(uint64_t off)
         ok = c == 0;
     fclose(f);
     return ok;
+}
+
+/* Whether the file holds a record that verifies, with a seq above `above`, at
+ * an 8-byte aligned offset from `from` on: the evidence of a hole that
+ * replay looks for (written out again from the format in wal.c). */
+static int verifying_record_from(uint64_t from, uint64_t above)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        abort();
+    uint64_t size = file_size();
+    uint8_t *b = malloc(size ? size : 1);
+    if (!b || fread(b, 1, size, f) != size)
+        abort();
+    fclose(f);
+    int found = 0;
+    for (uint64_t pos = from; !found && pos + 24 <= size; pos += 8) {
+        const uint8_t *h = b + pos;
+        uint32_t len = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
+                       (uint32_t)h[3] << 24;
+        unsigned type = h[4] | h[5] << 8, flags = h[6] | h[7] << 8;
+        uint64_t seq = 0, sum = 0;
+        for (int i = 7; i >= 0; i--) {
+            seq = seq << 8 | h[8 + i];
+            sum = sum << 8 | h[16 + i];
+        }
+        int len_ok = type == WAL_PUT   ? len >= 8 && len - 8 <= KV_MAX_VALUE
+                     : type == WAL_DEL ? len == 8
+                                       : type == WAL_BATCH && len <= WAL_MAX_BATCH;
+        uint64_t total = 24 + (((uint64_t)len + 7) & ~(uint64_t)7);
+        if (flags || !len_ok || seq <= above || total > size - pos)
+            continue;
+        int pad_ok = 1;
+        for (uint64_t i = 24 + len; i < total; i++)
+            pad_ok &= h[i] == 0;
+        XXH3_state_t *xs = XXH3_createState();
+        if (!xs)
+            abort();
+        XXH3_64bits_reset(xs);
+        XXH3_64bits_update(xs, h, 16);
+        XXH3_64bits_update(xs, h + 24, len);
+        found = pad_ok && XXH3_64bits_digest(xs) == sum;
+        XXH3_freeState(xs);
+    }
+    free(b);
+    return found;
 }
 
 /* ---- What replay hands to apply -------------------------------------- */
@@ -383,6 +430,7 @@ static void run_built(const uint8_t *data, size_t size)
     uint8_t x = TAKE();
     uint64_t size_now = off;
     int damaged_rec = -2; /* -2 none, -1 header, else record index */
+    uint64_t damaged_at = 0;
     if (dmode == 1) {
         size_now = dpos % (off + 1);
         CHECK(truncate(path, (off_t)size_now) == 0, "truncate");
@@ -395,6 +443,7 @@ static void run_built(const uint8_t *data, size_t size)
         CHECK(pwrite(fd, &b, 1, (off_t)at) == 1, "pwrite");
         close(fd);
         damaged_rec = -1;
+        damaged_at = at;
         for (size_t i = 0; i < nrec; i++)
             if (at >= recs[i].off && at < recs[i].end)
                 damaged_rec = (int)i;
@@ -443,6 +492,19 @@ static void run_built(const uint8_t *data, size_t size)
         if (want_corrupt && !recover) {
             CHECK(o.rc == KV_ECORRUPT, "record %d of %zu damaged: replay = %d, want KV_ECORRUPT",
                   damaged_rec, nrec, o.rc);
+            continue;
+        }
+        if (damaged_rec >= 0 && !want_corrupt && !recover && o.rc == KV_ECORRUPT) {
+            /* The last record's header damaged (its length, type, flags or
+             * seq): replay can no longer tell its payload from records after
+             * it, so a payload the fuzzer made hold a record that verifies
+             * with a higher seq is a hole with data after it, as wal.h says.
+             * Damage after the header leaves the header whole: a torn tail. */
+            const built_rec *d = &recs[damaged_rec];
+            uint64_t prev = damaged_rec ? recs[damaged_rec - 1].seq : first_seq - 1;
+            CHECK(damaged_at < d->off + 16 && verifying_record_from(d->off + 8, prev),
+                  "last record damaged at +%llu: replay = KV_ECORRUPT with no record after it",
+                  (unsigned long long)(damaged_at - d->off));
             continue;
         }
         if (dmode == 3) {

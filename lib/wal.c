@@ -55,6 +55,12 @@
  *   - otherwise every later 8-byte aligned offset is tried: if any holds a
  *     verifying record with a seq above the last good one, the log is
  *     corrupt (a hole with data after it), else the rest is a torn tail.
+ *     When the bad record's header is whole (flags 0, a legal length for a
+ *     known type, and the seq expected next), the bytes its length covers
+ *     are its payload, whatever they hold (a value may be a copy of a log
+ *     file), and the search starts after them; only if the record verifies
+ *     with a shorter length ending where a good record with the following
+ *     seq begins was its length field the damage, and the log is corrupt.
  * A first bad record that starts an all-zero rest of the file is no damage
  * at all: the writer reserves file space ahead of its writes (see reserve),
  * so zeros there are the end of the log (torn = 0).
@@ -306,49 +312,6 @@ typedef struct {
     uint64_t total; /* record size with padding */
 } rec_info;
 
-/* Does base[off..size) start with a record that verifies (seq aside)? */
-static int rec_verify(XXH3_state_t *xs, const uint8_t *base, uint64_t size, uint64_t off,
-                      rec_info *ri)
-{
-    if (off > size || size - off < REC_HDR)
-        return 0;
-    const uint8_t *h = base + off;
-    ri->len = get_le32(h);
-    ri->type = get_le16(h + 4);
-    ri->seq = get_le64(h + 8);
-    if (get_le16(h + 6) != 0 || !payload_len_ok(ri->type, ri->len))
-        return 0;
-    ri->total = REC_HDR + pad8(ri->len);
-    if (ri->total > size - off)
-        return 0;
-    for (uint64_t i = REC_HDR + ri->len; i < ri->total; i++)
-        if (h[i] != 0)
-            return 0;
-    uint64_t sum;
-    if (16 + (size_t)ri->len <= SMALL_RECORD) {
-        uint8_t tmp[SMALL_RECORD];
-        memcpy(tmp, h, 16);
-        if (ri->len)
-            memcpy(tmp + 16, h + REC_HDR, ri->len);
-        sum = XXH3_64bits(tmp, 16 + ri->len);
-    } else {
-        XXH3_64bits_reset(xs);
-        XXH3_64bits_update(xs, h, 16);
-        if (ri->len)
-            XXH3_64bits_update(xs, h + REC_HDR, ri->len);
-        sum = XXH3_64bits_digest(xs);
-    }
-    return sum == get_le64(h + 16);
-}
-
-/* ---- replay ---- */
-
-int wal_replay(const char *path, uint64_t after_seq, int recover, wal_apply_fn apply,
-               void *ctx, uint64_t *valid_end, uint64_t *last_seq, int *torn)
-{
-    return wal_replay_peek(path, after_seq, recover, apply, NULL, ctx, valid_end, last_seq, torn);
-}
-
 static int all_zero(const uint8_t *p, uint64_t n)
 {
     for (; n >= 8; p += 8, n -= 8) {
@@ -360,6 +323,87 @@ static int all_zero(const uint8_t *p, uint64_t n)
             return 0;
     }
     return 1;
+}
+
+/* The checksum of a record whose header bytes 0..16 are h16 and whose
+ * payload is the len bytes at payload. */
+static uint64_t rec_sum(XXH3_state_t *xs, const uint8_t *h16, const uint8_t *payload,
+                        uint32_t len)
+{
+    if (16 + (size_t)len <= SMALL_RECORD) {
+        uint8_t tmp[SMALL_RECORD];
+        memcpy(tmp, h16, 16);
+        if (len)
+            memcpy(tmp + 16, payload, len);
+        return XXH3_64bits(tmp, 16 + (size_t)len);
+    }
+    XXH3_64bits_reset(xs);
+    XXH3_64bits_update(xs, h16, 16);
+    if (len)
+        XXH3_64bits_update(xs, payload, len);
+    return XXH3_64bits_digest(xs);
+}
+
+/* Decode the header at off: 1 if it fits in the file and its flags and its
+ * length for its type are legal (nothing else checked), filling *ri. */
+static int rec_header(const uint8_t *base, uint64_t size, uint64_t off, rec_info *ri)
+{
+    if (off > size || size - off < REC_HDR)
+        return 0;
+    const uint8_t *h = base + off;
+    ri->len = get_le32(h);
+    ri->type = get_le16(h + 4);
+    ri->seq = get_le64(h + 8);
+    if (get_le16(h + 6) != 0 || !payload_len_ok(ri->type, ri->len))
+        return 0;
+    ri->total = REC_HDR + pad8(ri->len);
+    return 1;
+}
+
+/* Does base[off..size) start with a record that verifies (seq aside)? */
+static int rec_verify(XXH3_state_t *xs, const uint8_t *base, uint64_t size, uint64_t off,
+                      rec_info *ri)
+{
+    if (!rec_header(base, size, off, ri) || ri->total > size - off)
+        return 0;
+    const uint8_t *h = base + off;
+    return all_zero(h + REC_HDR + ri->len, ri->total - REC_HDR - ri->len) &&
+           rec_sum(xs, h, h + REC_HDR, ri->len) == get_le64(h + 16);
+}
+
+/* The record at off did not verify, but its header is whole and carries the
+ * seq expected next (bad). Was its length field the damage? Then it verifies
+ * with a shorter length that ends where a good record with the seq after its
+ * own begins, and the records from there on are real ones. */
+static int rec_length_damaged(XXH3_state_t *xs, const uint8_t *base, uint64_t size,
+                              uint64_t off, const rec_info *bad)
+{
+    uint64_t end = bad->total < size - off ? off + bad->total : size;
+    uint8_t h16[16];
+    memcpy(h16, base + off, 16);
+    rec_info ri;
+    for (uint64_t pos = off + REC_HDR; pos < end && size - pos >= REC_HDR; pos += 8) {
+        if (!rec_verify(xs, base, size, pos, &ri) || ri.seq != bad->seq + 1)
+            continue;
+        uint64_t room = pos - off - REC_HDR; /* payload and padding, a multiple of 8 */
+        for (uint64_t len = room >= 7 ? room - 7 : 0; len <= room; len++) {
+            const uint8_t *payload = base + off + REC_HDR;
+            if (!payload_len_ok(bad->type, len) || !all_zero(payload + len, room - len))
+                continue;
+            put_le32(h16, (uint32_t)len);
+            if (rec_sum(xs, h16, payload, (uint32_t)len) == get_le64(base + off + 16))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+/* ---- replay ---- */
+
+int wal_replay(const char *path, uint64_t after_seq, int recover, wal_apply_fn apply,
+               void *ctx, uint64_t *valid_end, uint64_t *last_seq, int *torn)
+{
+    return wal_replay_peek(path, after_seq, recover, apply, NULL, ctx, valid_end, last_seq, torn);
 }
 
 /* Records a peek runs ahead of the one being applied. */
@@ -467,7 +511,18 @@ int wal_replay_peek(const char *path, uint64_t after_seq, int recover, wal_apply
         off = size; /* space reserved ahead of the writes: a clean end */
     if (off < size) {
         int corrupt = bad_seq;
-        for (uint64_t pos = off + 8; !corrupt && pos < size && size - pos >= REC_HDR; pos += 8)
+        uint64_t from = off + 8;
+        rec_info bad;
+        if (!corrupt && rec_header(base, size, off, &bad) && bad.seq == prev + 1) {
+            /* A whole header of the record expected next: a write of it cut
+             * short, or damage after its header. The bytes its length
+             * covers are its own payload, which may hold anything (a value
+             * may be a copy of a log), so records are looked for only after
+             * them, unless its length field is what was damaged. */
+            corrupt = rec_length_damaged(xs, base, size, off, &bad);
+            from = bad.total < size - off ? off + bad.total : size;
+        }
+        for (uint64_t pos = from; !corrupt && pos < size && size - pos >= REC_HDR; pos += 8)
             corrupt = rec_verify(xs, base, size, pos, &ri) && ri.seq > prev;
         if (corrupt && !recover) {
             rc = KV_ECORRUPT;

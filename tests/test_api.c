@@ -1428,6 +1428,77 @@ static void test_readonly_torn_tail(void **state)
     tu_model_free(&m);
 }
 
+/* The whole of a file, or fail. */
+static uint8_t *read_whole(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, 0, SEEK_END), 0);
+    long n = ftell(f);
+    assert_true(n >= 0);
+    rewind(f);
+    uint8_t *p = malloc((size_t)n + 1);
+    assert_non_null(p);
+    assert_int_equal(fread(p, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return p;
+}
+
+/* A value may be a copy of a log file, here another database's. A crash in
+ * the middle of writing it leaves a torn record whose payload holds records
+ * that verify, with seqs above the last good one: kv_open drops it as a torn
+ * tail and keeps everything before it. */
+static void test_torn_value_holding_a_log(void **state)
+{
+    (void)state;
+    char other[TU_PATH], wal[TU_PATH];
+    tu_join(other, g_root, "other");
+    kv_options o;
+    kv_options_init(&o);
+    o.flags = KV_CREATE;
+    kv_db *db = NULL;
+    TU_OK(kv_open(other, &o, &db));
+    for (uint64_t k = 0; k < 300; k++)
+        TU_OK(put_val(db, k, 7, 20));
+    TU_OK(kv_close(db));
+    if (newest_wal(other, wal) != 0)
+        fail_msg("no wal-*.log in %s after writes", other);
+    size_t img_len;
+    uint8_t *img = read_whole(wal, &img_len);
+    assert_true(img_len > 32 + 300 * 24);
+
+    tu_model m = {0};
+    db = open_default();
+    for (uint64_t k = 1000; k < 1100; k++) {
+        TU_OK(put_val(db, k, 1, 30));
+        tu_model_put(&m, k, 1, 30);
+    }
+    /* Its records carry seqs 1..300; this log's last good one is 100. */
+    TU_OK(kv_put(db, 99, img + 32, img_len - 32));
+    TU_OK(kv_close(db));
+    if (newest_wal(g_dir, wal) != 0)
+        fail_msg("no wal-*.log in %s after writes", g_dir);
+    size_t len;
+    uint8_t *f = read_whole(wal, &len);
+    const uint8_t *v = memmem(f, len, img + 32, img_len - 32);
+    assert_non_null(v);
+    /* Cut inside the copy, well past its first records. */
+    size_t cut = (size_t)(v - f) + (img_len - 32) / 2;
+    FILE *w = fopen(wal, "wb");
+    assert_non_null(w);
+    assert_int_equal(fwrite(f, 1, cut, w), cut);
+    assert_int_equal(fclose(w), 0);
+
+    db = open_default();
+    expect_model(db, &m);
+    expect_absent(db, 99);
+    TU_OK(kv_close(db));
+    free(f);
+    free(img);
+    tu_model_free(&m);
+}
+
 /* ---- statistics ----------------------------------------------------------- */
 
 static void test_stats(void **state)
@@ -2041,6 +2112,7 @@ int main(void)
         T(test_readonly_files),
         T(test_readonly_locking),
         T(test_readonly_torn_tail),
+        T(test_torn_value_holding_a_log),
         T(test_stats),
         T(test_durability_sync_modes),
         T(test_reopen_after_maintenance),

@@ -568,6 +568,111 @@ static void test_corruption_middle_vs_last(void **state)
     recs_free(&want);
 }
 
+/* A value may be a copy of a log file. A crash while its record is written
+ * leaves a record cut short whose payload holds records that verify, with
+ * seqs above the last good one: that is still a torn tail, not a hole. */
+static void test_torn_record_holding_a_log(void **state)
+{
+    (void)state;
+    enum { N = 4 };
+    recs want = {0}, got = {0};
+    uint64_t starts[N + 1], ve, last, seq, lsn;
+    int torn, err;
+    /* The log to copy: seqs 6..8, above this log's 1..4. */
+    make_wal(6, 3, 20, NULL, NULL);
+    size_t img_len;
+    uint8_t *img = slurp(path, &img_len);
+    assert_int_equal(os_unlink(path), 0);
+    make_wal(1, N - 1, 13, &want, starts);
+    wal *w;
+    assert_int_equal(wal_open_append(dir, "w.log", starts[N - 1], N, &w), KV_OK);
+    uint8_t k[8];
+    le64(k, 77);
+    /* The value starts 32 bytes into its record, so the copied records sit
+     * at 8-byte aligned offsets, where replay looks for records. */
+    assert_int_equal(wal_append(w, WAL_PUT, k, 8, img + 32, img_len - 32, &seq, &lsn), KV_OK);
+    assert_int_equal(wal_sync(w, &err), KV_OK);
+    assert_int_equal(wal_close(w), KV_OK);
+    recs_push(&want, WAL_PUT, seq, k, 8, img + 32, img_len - 32);
+    size_t len;
+    uint8_t *f = slurp(path, &len);
+    assert_int_equal(len, lsn);
+    assert_int_equal(replay(path, 0, 0, &got, &ve, &last, &torn), KV_OK);
+    recs_expect(&got, &want, 0, N);
+    assert_int_equal(torn, 0);
+
+    char cut_path[160];
+    snprintf(cut_path, sizeof cut_path, "%s/cut.log", dir);
+    uint8_t *z = calloc(1, len + 4096);
+    assert_non_null(z);
+    uint64_t end_nz = len; /* the record's end without its trailing zero bytes */
+    while (end_nz > starts[N - 1] && f[end_nz - 1] == 0)
+        end_nz--;
+    for (uint64_t cut = starts[N - 1] + 1; cut < len; cut++) {
+        /* Cut there, and (where the zeros do not complete it) cut there
+         * with the writer's reserved zeros after. */
+        for (int zeros = 0; zeros <= (cut < end_nz); zeros++) {
+            memset(z, 0, len + 4096);
+            memcpy(z, f, (size_t)cut);
+            spit(cut_path, z, zeros ? len + 4096 : (size_t)cut);
+            assert_int_equal(replay(cut_path, 0, 0, &got, &ve, &last, &torn), KV_OK);
+            recs_expect(&got, &want, 0, N - 1);
+            assert_int_equal(ve, starts[N - 1]);
+            assert_int_equal(last, N - 1);
+            assert_int_equal(torn, 1);
+        }
+    }
+    /* Any byte after its header damaged, the checksum included: torn too. */
+    for (uint64_t off = starts[N - 1] + 16; off < len; off++) {
+        f[off] ^= 0x04;
+        spit(path, f, len);
+        assert_int_equal(replay(path, 0, 0, &got, &ve, &last, &torn), KV_OK);
+        recs_expect(&got, &want, 0, N - 1);
+        assert_int_equal(torn, 1);
+        f[off] ^= 0x04;
+    }
+    free(z);
+    free(f);
+    free(img);
+    recs_free(&got);
+    recs_free(&want);
+}
+
+/* A length field damaged to reach past the end of the file still shows the
+ * records after it: a hole, not a torn tail. */
+static void test_damaged_length_is_corruption(void **state)
+{
+    (void)state;
+    enum { N = 6 };
+    recs want = {0}, got = {0};
+    uint64_t starts[N + 1], ve, last;
+    int torn;
+    make_wal(1, N, 13, &want, starts);
+    size_t len;
+    uint8_t *f = slurp(path, &len);
+    for (size_t r = 0; r < N; r++) {
+        uint8_t *h = f + starts[r];
+        uint32_t was = (uint32_t)h[0] | (uint32_t)h[1] << 8 | (uint32_t)h[2] << 16 |
+                       (uint32_t)h[3] << 24;
+        uint32_t now = was + 4096;
+        for (int i = 0; i < 4; i++)
+            h[i] = (uint8_t)(now >> (8 * i));
+        spit(path, f, len);
+        /* Only the last record has no good record after it. */
+        assert_int_equal(replay(path, 0, 0, &got, &ve, &last, &torn),
+                         r + 1 < N ? KV_ECORRUPT : KV_OK);
+        assert_int_equal(replay(path, 0, 1, &got, &ve, &last, &torn), KV_OK);
+        recs_expect(&got, &want, 0, r);
+        assert_int_equal(ve, starts[r]);
+        assert_int_equal(torn, 1);
+        for (int i = 0; i < 4; i++)
+            h[i] = (uint8_t)(was >> (8 * i));
+    }
+    free(f);
+    recs_free(&got);
+    recs_free(&want);
+}
+
 static void test_seq_gap_is_corruption(void **state)
 {
     (void)state;
@@ -1304,6 +1409,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_append_rejects_bad_shapes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail_every_offset, setup, teardown),
         cmocka_unit_test_setup_teardown(test_corruption_middle_vs_last, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_torn_record_holding_a_log, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_damaged_length_is_corruption, setup, teardown),
         cmocka_unit_test_setup_teardown(test_seq_gap_is_corruption, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_header_codes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_header, setup, teardown),
