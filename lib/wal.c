@@ -372,13 +372,14 @@ static int rec_verify(XXH3_state_t *xs, const uint8_t *base, uint64_t size, uint
 }
 
 /* The record at off did not verify, but its header is whole and carries the
- * seq expected next (bad). Was its length field the damage? Then it verifies
- * with a shorter length that ends where a good record with the seq after its
- * own begins, and the records from there on are real ones. */
+ * seq expected next (bad); its length covers the file up to end. Was its
+ * length field the damage? Then it verifies with a shorter length that ends
+ * where a good record with the seq after its own begins, and the records
+ * from there on are real ones. */
 static int rec_length_damaged(XXH3_state_t *xs, const uint8_t *base, uint64_t size,
-                              uint64_t off, const rec_info *bad)
+                              uint64_t off, uint64_t end, const rec_info *bad)
 {
-    uint64_t end = bad->total < size - off ? off + bad->total : size;
+    const uint8_t *payload = base + off + REC_HDR;
     uint8_t h16[16];
     memcpy(h16, base + off, 16);
     rec_info ri;
@@ -387,7 +388,6 @@ static int rec_length_damaged(XXH3_state_t *xs, const uint8_t *base, uint64_t si
             continue;
         uint64_t room = pos - off - REC_HDR; /* payload and padding, a multiple of 8 */
         for (uint64_t len = room >= 7 ? room - 7 : 0; len <= room; len++) {
-            const uint8_t *payload = base + off + REC_HDR;
             if (!payload_len_ok(bad->type, len) || !all_zero(payload + len, room - len))
                 continue;
             put_le32(h16, (uint32_t)len);
@@ -519,8 +519,8 @@ int wal_replay_peek(const char *path, uint64_t after_seq, int recover, wal_apply
              * covers are its own payload, which may hold anything (a value
              * may be a copy of a log), so records are looked for only after
              * them, unless its length field is what was damaged. */
-            corrupt = rec_length_damaged(xs, base, size, off, &bad);
             from = bad.total < size - off ? off + bad.total : size;
+            corrupt = rec_length_damaged(xs, base, size, off, from, &bad);
         }
         for (uint64_t pos = from; !corrupt && pos < size && size - pos >= REC_HDR; pos += 8)
             corrupt = rec_verify(xs, base, size, pos, &ri) && ri.seq > prev;

@@ -83,8 +83,9 @@ int wal_close(wal *w);                   /* does NOT sync; frees */
  * replay stops there, *torn = 1 (what a whole header's length covers is that
  * record's payload, not records after it; see wal.c). A bad record with a
  * valid one after it gives KV_ECORRUPT, unless recover != 0, in which case
- * the valid prefix is kept (and *torn = 1). *valid_end is the byte offset after the last good record;
- * *last_seq the seq of the last good record (or header first_seq - 1).
+ * the valid prefix is kept (and *torn = 1). *valid_end is the byte offset
+ * after the last good record; *last_seq the seq of the last good record (or
+ * header first_seq - 1).
  * A bad header: KV_ECORRUPT; unknown format version: KV_EVERSION. A file of
  * at most WAL_HEADER_SIZE bytes holding a partly written header (a crash in
  * wal_create) is an empty torn log: *valid_end = 0, *last_seq = after_seq,
