@@ -296,6 +296,18 @@ $(FUZZ_DIR)/%: fuzz/%.c $(FUZZ_LIB_OBJS)
 	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined $(FUZZ_CFLAGS) $(DEPFLAGS) $< $(FUZZ_LIB_OBJS) \
 		$(LIB_LIBS) -o $@
 
+# fuzz_json tests the example server's JSON code rather than the library.
+$(FUZZ_DIR)/obj/examples/server/json.o: examples/server/json.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -fsanitize=fuzzer-no-link,address,undefined $(FUZZ_CFLAGS) -Iexamples/server \
+		$(LIBEVENT_CFLAGS) $(DEPFLAGS) -c $< -o $@
+
+$(FUZZ_DIR)/fuzz_json: fuzz/fuzz_json.c $(FUZZ_DIR)/obj/examples/server/json.o
+	@mkdir -p $(@D)
+	$(FUZZ_CC) -fsanitize=fuzzer,address,undefined $(FUZZ_CFLAGS) -Iexamples/server \
+		$(LIBEVENT_CFLAGS) $(DEPFLAGS) $< $(FUZZ_DIR)/obj/examples/server/json.o \
+		$(LIBEVENT_LIBS) -o $@
+
 # New inputs go to build-fuzz/corpus/NAME; fuzz/corpus/NAME (the checked-in
 # seeds) is only read. Crashes land in build-fuzz/artifacts/.
 fuzz-run: fuzz
@@ -347,4 +359,4 @@ ifneq ($(filter-out build build-asan build-tsan,$(BUILD)),)
 endif
 
 -include $(wildcard $(BUILD)/obj/lib/*.d $(BUILD)/obj/examples/*/*.d $(BUILD)/*/*.d \
-	$(FUZZ_DIR)/obj/lib/*.d $(FUZZ_DIR)/*.d)
+	$(FUZZ_DIR)/obj/lib/*.d $(FUZZ_DIR)/obj/examples/*/*.d $(FUZZ_DIR)/*.d)

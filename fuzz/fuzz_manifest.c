@@ -27,6 +27,9 @@
 #include "kyro.h"
 #include "manifest.h"
 
+#define FUZZ_NAME "fuzz_manifest"
+#include "fuzz.h"
+
 static char dir[256], path[300];
 
 static void cleanup(void)
@@ -51,15 +54,6 @@ __attribute__((constructor)) static void make_dir(void)
     snprintf(path, sizeof path, "%s/%s", dir, MANIFEST_NAME);
     atexit(cleanup);
 }
-
-#define CHECK(cond, ...)                                                                         \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "fuzz_manifest: " __VA_ARGS__);                                      \
-            fprintf(stderr, "\n");                                                               \
-            abort();                                                                             \
-        }                                                                                        \
-    } while (0)
 
 static void write_file(const uint8_t *data, size_t size)
 {

@@ -27,6 +27,9 @@
 #include "probe.h"
 #include "rmi.h"
 
+#define FUZZ_NAME "fuzz_probe"
+#include "fuzz.h"
+
 #define MAX_N 2048
 
 typedef struct {
@@ -55,15 +58,6 @@ static size_t ref_lb(const uint64_t *keys, size_t lo, size_t hi, uint64_t key)
             return i;
     return hi;
 }
-
-#define CHECK(cond, ...)                                                                         \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "fuzz_probe: " __VA_ARGS__);                                         \
-            fprintf(stderr, "\n");                                                               \
-            abort();                                                                             \
-        }                                                                                        \
-    } while (0)
 
 static void check_kernels(const uint64_t *keys, size_t n, size_t lo, size_t hi, uint64_t key)
 {

@@ -33,6 +33,9 @@
 #include "run.h"
 #include "snapshot.h"
 
+#define FUZZ_NAME "fuzz_snapshot"
+#include "fuzz.h"
+
 #define SNAP_NAME "snap-0000000000000001.kyro"
 #define MAX_PAIRS 128
 
@@ -60,15 +63,6 @@ __attribute__((constructor)) static void make_dir(void)
     snprintf(path, sizeof path, "%s/%s", dir, SNAP_NAME);
     atexit(cleanup);
 }
-
-#define CHECK(cond, ...)                                                                         \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "fuzz_snapshot: " __VA_ARGS__);                                      \
-            fprintf(stderr, "\n");                                                               \
-            abort();                                                                             \
-        }                                                                                        \
-    } while (0)
 
 static void write_file(const uint8_t *data, size_t size)
 {

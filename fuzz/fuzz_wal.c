@@ -36,6 +36,9 @@
 #include "kyro.h"
 #include "wal.h"
 
+#define FUZZ_NAME "fuzz_wal"
+#include "fuzz.h"
+
 #define WAL_NAME "wal-0000000000000001.log"
 #define MAX_RECS 64
 
@@ -60,15 +63,6 @@ __attribute__((constructor)) static void make_dir(void)
     snprintf(path, sizeof path, "%s/%s", dir, WAL_NAME);
     atexit(cleanup);
 }
-
-#define CHECK(cond, ...)                                                                         \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "fuzz_wal: " __VA_ARGS__);                                           \
-            fprintf(stderr, "\n");                                                               \
-            abort();                                                                             \
-        }                                                                                        \
-    } while (0)
 
 static void write_file(const uint8_t *data, size_t size)
 {
