@@ -10,6 +10,7 @@
 #                     kill cycles, default 5000; STRESS_CORRUPT x the damage samples)
 #   make run          deps, build, start the example server on 127.0.0.1:3030
 #   make bench        deps (bench), build bench/*, run $(BENCH_RUN)
+#   make bench-build  deps (bench), build bench/* only
 #   make fuzz         build fuzz/*.c with clang + libFuzzer into build-fuzz/
 #   make fuzz-run     run each fuzzer FUZZ_SECS seconds (default 60)
 #   make install / uninstall   PREFIX=/usr/local, DESTDIR
@@ -262,10 +263,11 @@ endif
 # ---- benchmarks ----------------------------------------------------------
 
 bench: deps-bench
-	@$(MAKE) --no-print-directory bench-build
+	@$(MAKE) --no-print-directory bench-build DEPS_DONE=1
 	$(foreach b,$(BENCH_RUN),$(b) $(BENCH_ARGS_$(notdir $(b)))$(newline))
 
-bench-build: $(BENCH_BINS) $(BENCH_CXX_BINS)
+bench-build: deps-bench
+	@$(MAKE) --no-print-directory $(BENCH_BINS) $(BENCH_CXX_BINS)
 
 $(BUILD)/bench/%: bench/%.c $(STATIC_LIB)
 	@mkdir -p $(@D)
