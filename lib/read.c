@@ -75,6 +75,13 @@ struct kv_view {
     uint64_t seq; /* writes with seq <= this are visible */
 };
 
+static void view_init(kv_db *db, kv_view *vw)
+{
+    vw->db = db;
+    vw->v = ver_acquire(&db->vd);
+    vw->seq = atomic_load_explicit(&db->visible_seq, memory_order_acquire);
+}
+
 int kv_view_open(kv_db *db, kv_view **out)
 {
     if (!db || !out)
@@ -82,9 +89,7 @@ int kv_view_open(kv_db *db, kv_view **out)
     kv_view *vw = malloc(sizeof *vw);
     if (!vw)
         return KV_ENOMEM;
-    vw->db = db;
-    vw->v = ver_acquire(&db->vd);
-    vw->seq = atomic_load_explicit(&db->visible_seq, memory_order_acquire);
+    view_init(db, vw);
     *out = vw;
     return KV_OK;
 }
@@ -107,60 +112,61 @@ void kv_view_close(kv_view *vw)
 
 /* ---- Iterators --------------------------------------------------------- */
 
-enum { SRC_ACTIVE, SRC_FROZEN, SRC_BASE, SRC_COUNT };
+enum { SRC_ACTIVE, SRC_FROZEN, SRC_BUFFERS };
 
 typedef struct {
-    int state; /* BUF_VALUE, BUF_TOMBSTONE, or BUF_ABSENT when exhausted */
+    int state; /* BUF_VALUE, BUF_TOMBSTONE, or BUF_ABSENT when exhausted or past hi */
     uint64_t key;
     const void *val;
     size_t len;
 } iter_head;
 
 struct kv_iter {
-    kv_view *view;
-    int owns_view;
+    /* The base's cursor comes first: once the buffers are exhausted (at
+     * once, when they were empty) a step reads only these fields. */
+    const run *base;
+    const uint64_t *base_keys;
+    uint64_t base_pos; /* the next base entry */
+    uint64_t base_n;
     uint64_t hi;
-    int done;
-    buf_iter bi[2]; /* active, frozen */
-    uint64_t base_pos;
-    iter_head head[SRC_COUNT];
+    int buffers_live; /* a buffer head is not exhausted: take the merged step */
+    int owns_view;    /* kv_iter_open's: own is a view of its own, released at close */
+    kv_view own;
+    iter_head head[SRC_BUFFERS];
+    buf_iter bi[SRC_BUFFERS]; /* large; only the parts a seek fills are read */
 };
 
+/* A buffer's next entry; past hi counts as exhausted, since keys ascend. */
 static void iter_advance(kv_iter *it, int src)
 {
     iter_head *h = &it->head[src];
-    if (src == SRC_BASE) {
-        const run *r = it->view->v->base;
-        if (it->base_pos < r->n) {
-            h->key = r->keys[it->base_pos];
-            h->val = run_value(r, it->base_pos, &h->len);
-            h->state = BUF_VALUE;
-            it->base_pos++;
-        } else {
-            h->state = BUF_ABSENT;
-        }
-        return;
-    }
     h->state = buf_iter_next(&it->bi[src], &h->key, &h->val, &h->len);
+    if (h->state != BUF_ABSENT && h->key > it->hi)
+        h->state = BUF_ABSENT;
 }
 
-int kv_view_iter_open(kv_view *vw, uint64_t lo, uint64_t hi, kv_iter **out)
+/* Set up a fresh iterator over [lo, hi] of vw. It is malloc'd, not calloc'd:
+ * the buffer iterators are kilobytes that a seek fills only in part, and
+ * zeroing them cost more than a short scan does. */
+static void iter_start(kv_iter *it, kv_view *vw, uint64_t lo, uint64_t hi)
 {
-    if (!vw || !out)
-        return KV_EINVAL;
-    kv_iter *it = calloc(1, sizeof *it);
-    if (!it)
-        return KV_ENOMEM;
-    it->view = vw;
+    const ver *v = vw->v;
+    it->base = v->base;
+    it->base_keys = v->base->keys;
+    it->base_n = v->base->n;
     it->hi = hi;
+    for (int s = 0; s < SRC_BUFFERS; s++) {
+        it->head[s].state = BUF_ABSENT;
+        it->bi[s].order = NULL;
+        it->bi[s].nsrc = 0;
+    }
     ver_stripe *st = ver_my_stripe(&vw->db->vd);
     ver_stat_add(st, &st->scans, 1);
     if (lo > hi) {
-        it->done = 1;
-        *out = it;
-        return KV_OK;
+        it->base_pos = it->base_n;
+        it->buffers_live = 0;
+        return;
     }
-    const ver *v = vw->v;
     /* Seeking takes a reference on each buffer's ordered index, which the
      * buffer's writer frees only after a grace period: pin for it. */
     ver_hold h = ver_enter(&vw->db->vd);
@@ -171,91 +177,101 @@ int kv_view_iter_open(kv_view *vw, uint64_t lo, uint64_t hi, kv_iter **out)
     iter_advance(it, SRC_ACTIVE);
     if (v->frozen)
         iter_advance(it, SRC_FROZEN);
-    else
-        it->head[SRC_FROZEN].state = BUF_ABSENT;
+    it->buffers_live =
+        it->head[SRC_ACTIVE].state != BUF_ABSENT || it->head[SRC_FROZEN].state != BUF_ABSENT;
     it->base_pos = run_lower_bound(v->base, lo);
-    iter_advance(it, SRC_BASE);
+}
+
+int kv_view_iter_open(kv_view *vw, uint64_t lo, uint64_t hi, kv_iter **out)
+{
+    if (!vw || !out)
+        return KV_EINVAL;
+    kv_iter *it = malloc(sizeof *it);
+    if (!it)
+        return KV_ENOMEM;
+    it->owns_view = 0;
+    iter_start(it, vw, lo, hi);
     *out = it;
     return KV_OK;
 }
 
+/* The iterator carries its own view, so one allocation serves both. */
 int kv_iter_open(kv_db *db, uint64_t lo, uint64_t hi, kv_iter **out)
 {
     if (!db || !out)
         return KV_EINVAL;
-    kv_view *vw;
-    int rc = kv_view_open(db, &vw);
-    if (rc != KV_OK)
-        return rc;
-    rc = kv_view_iter_open(vw, lo, hi, out);
-    if (rc != KV_OK) {
-        kv_view_close(vw);
-        return rc;
-    }
-    (*out)->owns_view = 1;
+    kv_iter *it = malloc(sizeof *it);
+    if (!it)
+        return KV_ENOMEM;
+    it->owns_view = 1;
+    view_init(db, &it->own);
+    iter_start(it, &it->own, lo, hi);
+    *out = it;
+    return KV_OK;
+}
+
+/* Whether the base has an entry left at or below hi (the base's next key). */
+static inline int iter_base_left(const kv_iter *it)
+{
+    return it->base_pos < it->base_n && it->base_keys[it->base_pos] <= it->hi;
+}
+
+/* The base's next entry, or KV_NOTFOUND past hi, again on every later call.
+ * The base holds no tombstones. */
+static inline int iter_next_base(kv_iter *it, uint64_t *key, const void **val, size_t *len)
+{
+    uint64_t i = it->base_pos;
+    if (i >= it->base_n)
+        return KV_NOTFOUND;
+    uint64_t k = it->base_keys[i]; /* read once: the stores below may alias it */
+    if (k > it->hi)
+        return KV_NOTFOUND;
+    it->base_pos = i + 1;
+    *key = k;
+    *val = run_value(it->base, i, len);
     return KV_OK;
 }
 
 /* The general step: the smallest key over all layers, newest layer winning,
- * tombstones skipped. Out of line so the base-only path stays small. */
+ * tombstones skipped. Out of line so the base-only step stays small. */
 static __attribute__((noinline)) int iter_next_merged(kv_iter *it, uint64_t *key,
                                                       const void **val, size_t *len)
 {
-    while (!it->done) {
-        int best = -1;
-        for (int s = 0; s < SRC_COUNT; s++) {
-            /* Lower index = newer layer, so strict < keeps the newest. */
-            if (it->head[s].state != BUF_ABSENT && (best < 0 || it->head[s].key < it->head[best].key))
-                best = s;
+    iter_head *act = &it->head[SRC_ACTIVE], *fro = &it->head[SRC_FROZEN];
+    for (;;) {
+        /* On equal keys the active buffer is newer than the frozen one. */
+        iter_head *h = act->state != BUF_ABSENT ? act : NULL;
+        if (fro->state != BUF_ABSENT && (!h || fro->key < h->key))
+            h = fro;
+        if (!h) {
+            it->buffers_live = 0;
+            return iter_next_base(it, key, val, len);
         }
-        if (best < 0 || it->head[best].key > it->hi) {
-            it->done = 1;
-            break;
-        }
-        iter_head h = it->head[best];
-        for (int s = 0; s < SRC_COUNT; s++) {
-            if (it->head[s].state != BUF_ABSENT && it->head[s].key == h.key)
-                iter_advance(it, s);
-        }
-        if (h.state == BUF_TOMBSTONE)
+        if (iter_base_left(it) && it->base_keys[it->base_pos] < h->key)
+            return iter_next_base(it, key, val, len);
+        iter_head cur = *h;
+        if (act->state != BUF_ABSENT && act->key == cur.key)
+            iter_advance(it, SRC_ACTIVE);
+        if (fro->state != BUF_ABSENT && fro->key == cur.key)
+            iter_advance(it, SRC_FROZEN);
+        if (iter_base_left(it) && it->base_keys[it->base_pos] == cur.key)
+            it->base_pos++; /* shadowed by the newer entry */
+        if (cur.state == BUF_TOMBSTONE)
             continue;
-        if (h.key == it->hi)
-            it->done = 1; /* hi may be UINT64_MAX: stop without computing hi + 1 */
-        *key = h.key;
-        *val = h.val;
-        *len = h.len;
+        *key = cur.key;
+        *val = cur.val;
+        *len = cur.len;
         return KV_OK;
     }
-    return KV_NOTFOUND;
 }
 
 int kv_iter_next(kv_iter *it, uint64_t *key, const void **val, size_t *len)
 {
     if (!it || !key || !val || !len)
         return KV_EINVAL;
-    if (it->head[SRC_ACTIVE].state != BUF_ABSENT || it->head[SRC_FROZEN].state != BUF_ABSENT)
+    if (it->buffers_live)
         return iter_next_merged(it, key, val, len);
-    /* Only the base is left (the usual case once the buffers are folded):
-     * step it directly. It holds no tombstones. */
-    iter_head *hb = &it->head[SRC_BASE];
-    if (it->done || hb->state == BUF_ABSENT || hb->key > it->hi) {
-        it->done = 1;
-        return KV_NOTFOUND;
-    }
-    *key = hb->key;
-    *val = hb->val;
-    *len = hb->len;
-    if (hb->key == it->hi)
-        it->done = 1;
-    const run *r = it->view->v->base;
-    if (it->base_pos < r->n) {
-        hb->key = r->keys[it->base_pos];
-        hb->val = run_value(r, it->base_pos, &hb->len);
-        it->base_pos++;
-    } else {
-        hb->state = BUF_ABSENT;
-    }
-    return KV_OK;
+    return iter_next_base(it, key, val, len);
 }
 
 void kv_iter_close(kv_iter *it)
@@ -265,6 +281,6 @@ void kv_iter_close(kv_iter *it)
     buf_iter_close(&it->bi[SRC_ACTIVE]);
     buf_iter_close(&it->bi[SRC_FROZEN]);
     if (it->owns_view)
-        kv_view_close(it->view);
+        ver_release(&it->own.db->vd, it->own.v);
     free(it);
 }
