@@ -133,60 +133,73 @@ struct kv_iter {
     int owns_view;    /* kv_iter_open's: own is a view of its own, released at close */
     kv_view own;
     iter_head head[SRC_BUFFERS];
-    buf_iter bi[SRC_BUFFERS]; /* large; only the parts a seek fills are read */
+    buf_iter *bi[SRC_BUFFERS]; /* into bufs, or NULL for a buffer not sought */
+    buf_iter bufs[];           /* kilobytes each: only for the buffers sought */
 };
 
 /* A buffer's next entry; past hi counts as exhausted, since keys ascend. */
 static void iter_advance(kv_iter *it, int src)
 {
     iter_head *h = &it->head[src];
-    h->state = buf_iter_next(&it->bi[src], &h->key, &h->val, &h->len);
+    h->state = buf_iter_next(it->bi[src], &h->key, &h->val, &h->len);
     if (h->state != BUF_ABSENT && h->key > it->hi)
         h->state = BUF_ABSENT;
 }
 
-/* Set up a fresh iterator over [lo, hi] of vw. It is malloc'd, not calloc'd:
- * the buffer iterators are kilobytes that a seek fills only in part, and
- * zeroing them cost more than a short scan does. */
-static void iter_start(kv_iter *it, kv_view *vw, uint64_t lo, uint64_t hi)
+/* An iterator over [lo, hi] of vw, with room for the buffers it must seek:
+ * none for an empty range, and no active buffer when it holds nothing vw
+ * can see (the usual state after a fold). So a scan of the base alone
+ * allocates a small block, not the kilobytes of two buffer iterators, and
+ * a seek fills what it uses: nothing is zeroed. */
+static kv_iter *iter_alloc(const kv_view *vw, uint64_t lo, uint64_t hi)
+{
+    const ver *v = vw->v;
+    int seek_active = lo <= hi && vw->seq > v->active_from;
+    int seek_frozen = lo <= hi && v->frozen != NULL;
+    kv_iter *it = malloc(sizeof *it + (size_t)(seek_active + seek_frozen) * sizeof(buf_iter));
+    if (!it)
+        return NULL;
+    buf_iter *next = it->bufs;
+    it->bi[SRC_ACTIVE] = seek_active ? next++ : NULL;
+    it->bi[SRC_FROZEN] = seek_frozen ? next : NULL;
+    return it;
+}
+
+static void iter_start(kv_iter *it, const kv_view *vw, uint64_t lo, uint64_t hi)
 {
     const ver *v = vw->v;
     it->base = v->base;
     it->base_keys = v->base->keys;
     it->base_n = v->base->n;
+    it->base_pos = lo <= hi ? run_lower_bound(v->base, lo) : v->base->n;
     it->hi = hi;
-    for (int s = 0; s < SRC_BUFFERS; s++) {
-        it->head[s].state = BUF_ABSENT;
-        it->bi[s].order = NULL;
-        it->bi[s].nsrc = 0;
-    }
     ver_stripe *st = ver_my_stripe(&vw->db->vd);
     ver_stat_add(st, &st->scans, 1);
-    if (lo > hi) {
-        it->base_pos = it->base_n;
-        it->buffers_live = 0;
-        return;
-    }
     /* Seeking takes a reference on each buffer's ordered index, which the
      * buffer's writer frees only after a grace period: pin for it. */
-    ver_hold h = ver_enter(&vw->db->vd);
-    buf_iter_seek(v->active->b, &it->bi[SRC_ACTIVE], lo, vw->seq);
-    if (v->frozen)
-        buf_iter_seek(v->frozen->b, &it->bi[SRC_FROZEN], lo, vw->seq);
-    ver_leave(h);
-    iter_advance(it, SRC_ACTIVE);
-    if (v->frozen)
-        iter_advance(it, SRC_FROZEN);
-    it->buffers_live =
-        it->head[SRC_ACTIVE].state != BUF_ABSENT || it->head[SRC_FROZEN].state != BUF_ABSENT;
-    it->base_pos = run_lower_bound(v->base, lo);
+    if (it->bi[SRC_ACTIVE] || it->bi[SRC_FROZEN]) {
+        const ver_buf *bufs[SRC_BUFFERS] = {v->active, v->frozen};
+        ver_hold h = ver_enter(&vw->db->vd);
+        for (int s = 0; s < SRC_BUFFERS; s++) {
+            if (it->bi[s])
+                buf_iter_seek(bufs[s]->b, it->bi[s], lo, vw->seq);
+        }
+        ver_leave(h);
+    }
+    it->buffers_live = 0;
+    for (int s = 0; s < SRC_BUFFERS; s++) {
+        it->head[s].state = BUF_ABSENT;
+        if (it->bi[s])
+            iter_advance(it, s);
+        it->buffers_live |= it->head[s].state != BUF_ABSENT;
+    }
 }
 
 int kv_view_iter_open(kv_view *vw, uint64_t lo, uint64_t hi, kv_iter **out)
 {
     if (!vw || !out)
         return KV_EINVAL;
-    kv_iter *it = malloc(sizeof *it);
+    kv_iter *it = iter_alloc(vw, lo, hi);
     if (!it)
         return KV_ENOMEM;
     it->owns_view = 0;
@@ -200,11 +213,15 @@ int kv_iter_open(kv_db *db, uint64_t lo, uint64_t hi, kv_iter **out)
 {
     if (!db || !out)
         return KV_EINVAL;
-    kv_iter *it = malloc(sizeof *it);
-    if (!it)
+    kv_view vw;
+    view_init(db, &vw);
+    kv_iter *it = iter_alloc(&vw, lo, hi);
+    if (!it) {
+        ver_release(&db->vd, vw.v);
         return KV_ENOMEM;
+    }
+    it->own = vw;
     it->owns_view = 1;
-    view_init(db, &it->own);
     iter_start(it, &it->own, lo, hi);
     *out = it;
     return KV_OK;
@@ -278,8 +295,10 @@ void kv_iter_close(kv_iter *it)
 {
     if (!it)
         return;
-    buf_iter_close(&it->bi[SRC_ACTIVE]);
-    buf_iter_close(&it->bi[SRC_FROZEN]);
+    for (int s = 0; s < SRC_BUFFERS; s++) {
+        if (it->bi[s])
+            buf_iter_close(it->bi[s]);
+    }
     if (it->owns_view)
         ver_release(&it->own.db->vd, it->own.v);
     free(it);
