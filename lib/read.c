@@ -123,7 +123,8 @@ typedef struct {
 
 struct kv_iter {
     /* The base's cursor comes first: once the buffers are exhausted (at
-     * once, when they were empty) a step reads only these fields. */
+     * once when none was sought or none had an entry in the range) a step
+     * reads only these fields. */
     const run *base;
     const uint64_t *base_keys;
     uint64_t base_pos; /* the next base entry */
