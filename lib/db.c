@@ -273,8 +273,8 @@ static int db_write_counted(kv_db *db, uint32_t type, uint64_t key, const void *
         rc = wal_append(dw->w, type, kbuf, 8, val, type == WAL_PUT ? len : 0, &seq, &lsn);
     if (rc != KV_OK) {
         pthread_mutex_unlock(&db->wlock);
-        if (rc == KV_EIO)
-            return db_fail(db, rc, atomic_load(&db->last_errno));
+        if (rc == KV_EIO) /* the append's own write failed: the WAL has its errno */
+            return db_fail(db, rc, wal_error(dw->w));
         return rc;
     }
     if (type == WAL_BATCH)

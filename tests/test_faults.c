@@ -19,6 +19,9 @@
  *       kept (see "Power-loss model" below). Only writes acknowledged under
  *       KV_SYNC_FULL, or followed by a successful kv_sync / kv_snapshot /
  *       kv_compact / kv_close, must survive.
+ *   (c) a WAL append that fails in its own write (a record bigger than the
+ *       log's buffer, or the full buffer written out) reports the injected
+ *       errno through kv_errno.
  *
  * The check after each run is a prefix check: writes are issued one after
  * another, so the recovered state must equal the state after the first k
@@ -387,6 +390,7 @@ static struct {
     int points_failed;
     int last_failed_point;
     char site[PATH_CAP + 64]; /* where the fault was injected */
+    int want_errno;           /* the errno a KV_EIO must report; 0: any but 0 */
 } S;
 
 static void violation(const char *fmt, ...)
@@ -451,13 +455,21 @@ typedef struct {
     int tainted;   /* a write after a failure was accepted: state unknowable */
 } outcome;
 
+/* kv_errno names the cause of a KV_EIO: the injected errno when the sweep
+ * injects one, else anything but 0. */
+static int errno_names_cause(kv_db *db)
+{
+    int e = kv_errno(db);
+    return S.want_errno ? e == S.want_errno : e != 0;
+}
+
 /* KV_OK or a documented error; kv_errno must name the cause of a KV_EIO. */
 static int documented(kv_db *db, int rc)
 {
     if (rc == KV_OK || rc == KV_ENOMEM)
         return 1;
     if (rc == KV_EIO)
-        return db == NULL || kv_errno(db) != 0;
+        return db == NULL || errno_names_cause(db);
     return 0;
 }
 
@@ -831,8 +843,9 @@ static void run_workload(outcome *o, crashed_fn power)
         rc = kv_sync(db);
         if (rc != KV_EIO)
             violation("kv_sync after a failed write/sync = %s, want KV_EIO", kv_strerror(rc));
-        if (rc == KV_EIO && kv_errno(db) == 0)
-            violation("KV_EIO with kv_errno 0 after a failed write/sync");
+        if (rc == KV_EIO && !errno_names_cause(db))
+            violation("KV_EIO with kv_errno %d after a failed write/sync (want %d)", kv_errno(db),
+                      S.want_errno);
     }
     check_live(db, o, failed ? "reads after the failure" : "reads before close");
     rc = kv_close(db);
@@ -949,6 +962,7 @@ static void fault_sweep(const char *name, int result, int short_mode)
     memset(&S, 0, sizeof S);
     S.name = name;
     S.last_failed_point = -1;
+    S.want_errno = short_mode ? 0 : -result;
     long points = 0;
     for (long n = 1;; n++) {
         fresh_dirs();
@@ -1330,6 +1344,81 @@ static void test_workload_clean(void **state)
     assert_int_equal(S.violations, 0);
 }
 
+/* ====================================================================
+ * (c) A failed append names its errno
+ * ==================================================================== */
+
+/* Fail the first OS_WRITE of at least 512 KiB with -ENOSPC: the WAL writing
+ * out its full 1 MiB buffer, or a record too big for the buffer. */
+static atomic_int big_write_failed;
+
+static int big_write_hook(void *ctx, os_op op, const char *path, int fd, size_t len)
+{
+    (void)ctx, (void)path, (void)fd;
+    if (op != OS_WRITE || len < ((size_t)512 << 10) || atomic_exchange(&big_write_failed, 1))
+        return 0;
+    return -ENOSPC;
+}
+
+/* The append itself fails (not the commit after it): the handle refuses
+ * writes, kv_errno says ENOSPC, and the reopened database has what was
+ * synced before. way 0: a 2 MiB value written past the buffer under
+ * KV_SYNC_FULL; way 1: KV_SYNC_OFF puts until the buffer is written out. */
+static void failed_append(int way)
+{
+    kv_options opt;
+    kv_options_init(&opt);
+    opt.sync = way == 0 ? KV_SYNC_FULL : KV_SYNC_OFF;
+    opt.wal_max_bytes = 0;
+    fresh_dirs();
+    kv_db *db;
+    assert_int_equal(kv_open(db_dir, &opt, &db), KV_OK);
+    assert_int_equal(kv_put(db, 1, "synced", 6), KV_OK);
+    assert_int_equal(kv_sync(db), KV_OK);
+
+    size_t vlen = way == 0 ? (size_t)2 << 20 : 4000;
+    uint8_t *v = malloc(vlen);
+    assert_non_null(v);
+    memset(v, 0x5a, vlen);
+    atomic_store(&big_write_failed, 0);
+    os_set_fault_hook(big_write_hook, NULL);
+    int rc = KV_OK;
+    uint64_t k = 2;
+    while (rc == KV_OK && k < 1000)
+        rc = kv_put(db, k++, v, vlen);
+    os_set_fault_hook(NULL, NULL);
+    free(v);
+
+    assert_int_equal(atomic_load(&big_write_failed), 1);
+    assert_int_equal(rc, KV_EIO);
+    assert_int_equal(kv_errno(db), ENOSPC);
+    assert_int_equal(kv_put(db, 5000, "x", 1), KV_EIO);
+    assert_int_equal(kv_errno(db), ENOSPC);
+    char buf[16];
+    size_t len;
+    assert_int_equal(kv_get(db, 1, buf, sizeof buf, &len), KV_OK);
+    assert_int_equal(kv_close(db), KV_EIO);
+
+    assert_int_equal(kv_open(db_dir, &opt, &db), KV_OK);
+    assert_int_equal(kv_get(db, 1, buf, sizeof buf, &len), KV_OK);
+    assert_memory_equal(buf, "synced", 6);
+    assert_int_equal(kv_get(db, 5000, buf, sizeof buf, &len), KV_NOTFOUND);
+    assert_int_equal(kv_put(db, 5000, "x", 1), KV_OK);
+    assert_int_equal(kv_close(db), KV_OK);
+}
+
+static void test_failed_direct_append_names_errno(void **state)
+{
+    (void)state;
+    failed_append(0);
+}
+
+static void test_failed_buffer_write_names_errno(void **state)
+{
+    (void)state;
+    failed_append(1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1338,6 +1427,8 @@ int main(void)
         cmocka_unit_test(test_fault_sweep_enospc),
         cmocka_unit_test(test_fault_sweep_short_write),
         cmocka_unit_test(test_power_loss_sweep),
+        cmocka_unit_test(test_failed_direct_append_names_errno),
+        cmocka_unit_test(test_failed_buffer_write_names_errno),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
