@@ -5,9 +5,10 @@
 #
 # Runs every command against temporary directories and checks output bytes,
 # messages and exit codes (0 ok, 1 not found, 2 usage, 3 tool I/O or input
-# error, 3+n library error -n). Needs bash, cmp and python3 (to make test
-# data). Prints one line per check and "N passed, N failed" at the end;
-# exits 1 if anything failed, 2 on a usage error.
+# error, 3+n library error -n); run as root, it also fills a small tmpfs.
+# Needs bash, cmp and python3 (to make test data). Prints one line per check
+# and "N passed, N failed" at the end; exits 1 if anything failed, 2 on a
+# usage error.
 set -euo pipefail
 
 KYRO=${1:-build/kyro}
@@ -20,8 +21,10 @@ PY=$(python3 -c 'import sys; print(sys.executable)')
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/kyro-test-cli.XXXXXX")
 HOLDER=""
+FULL_MOUNTED=0
 cleanup() {
     if [ -n "$HOLDER" ]; then kill "$HOLDER" 2>/dev/null || true; wait "$HOLDER" 2>/dev/null || true; fi
+    [ "$FULL_MOUNTED" = 0 ] || umount "$TMP/full" || true
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -425,6 +428,27 @@ for i in $(seq 1 60); do
         disagree=$((disagree + 1)); echo "  # $how $f at $off: check exit $RC, open exit $LRC"; fi
 done
 expect "on 60 random damages, check's exit code is kv_open's ($damaged_n found damaged)" 0 "$disagree"
+
+echo "# a full disk"
+# A real filesystem that fills up: a 4 MiB tmpfs (needs root to mount).
+mkdir -p "$TMP/full"
+if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=4m kyro-test-cli-full "$TMP/full" 2>/dev/null; then
+    FULL_MOUNTED=1
+    "$PY" -c 'import os, sys; sys.stdout.buffer.write(os.urandom(1500000))' >"$TMP/v1500k"
+    run_in "$TMP/v1500k" "$TMP/full/db" put 1 -
+    expect "a put that fits exits 0" 0 "$RC"
+    for k in 2 3 4; do
+        run_in "$TMP/v1500k" "$TMP/full/db" put "$k" -
+        [ "$RC" = 0 ] || break
+    done
+    expect "the put that finds the disk full exits 6 (KV_EIO)" 6 "$RC"
+    check "and says why" err_has "put: I/O error: No space left on device"
+    run "$TMP/full/db" get 1
+    check "what was put before reads back" cmp -s "$TMP/out" "$TMP/v1500k"
+    umount "$TMP/full" && FULL_MOUNTED=0
+else
+    echo "skip - cannot mount a tmpfs here (needs root); the full-disk message not checked"
+fi
 
 echo
 echo "$PASS passed, $FAIL failed"

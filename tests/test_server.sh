@@ -8,8 +8,9 @@
 # clients: good and bad requests, a slow client, 1,000 concurrent
 # connections, auth on and off, rate limiting (with the admin bucket),
 # KYRODB_LOG and KYRODB_WARM_ON_START, the tuning flags, restarts that must
-# keep the data, clean shutdown on SIGTERM and SIGINT, the defaults
-# (127.0.0.1:3030, ./data) and the exact command line `make run` uses.
+# keep the data, clean shutdown on SIGTERM and SIGINT, a full disk (a small
+# tmpfs, when run as root), the defaults (127.0.0.1:3030, ./data) and the
+# exact command line `make run` uses.
 # Needs bash, curl and python3.
 # Prints one line per check and "N passed, N failed" at the end; exits 1 if
 # anything failed, 2 on a usage error.
@@ -41,8 +42,10 @@ stop_server() { # [signal] -> sets STOP_RC
         SPID=""
     fi
 }
+FULL_MOUNTED=0
 cleanup() {
     stop_server KILL
+    [ "$FULL_MOUNTED" = 0 ] || umount "$TMP/full" || true
     rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -692,6 +695,46 @@ start_server "$TMP/tune2"
 req GET /v1/get_fast/40
 expect "data written across automatic snapshots survives a restart" "$(cat "$TMP/300")" "$(body)"
 stop_server TERM
+
+section "a full disk: 507, nothing acknowledged lost"
+# A real filesystem that fills up: a 4 MiB tmpfs (needs root to mount).
+FULL="$TMP/full"
+mkdir -p "$FULL"
+if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=4m kyro-test-full "$FULL" 2>/dev/null; then
+    FULL_MOUNTED=1
+    head -c 60000 /dev/urandom >"$TMP/v60k"
+    full_value() { { printf '%08d' "$1"; cat "$TMP/v60k"; } >"$TMP/val"; }
+    start_server "$FULL/db"
+    acked=0
+    for i in $(seq 1 200); do
+        full_value "$i"
+        req POST "/v1/put_fast/$i" --data-binary "@$TMP/val"
+        [ "$CODE" = 204 ] || break
+        acked=$i
+    done
+    check "some puts were acknowledged before the disk filled ($acked)" test "$acked" -gt 0
+    expect_error "the put that finds the disk full is 507" 507
+    check "its message names the cause" grep -q "No space left on device" "$TMP/body"
+    req POST /v1/put -d '{"key": 999999, "value": "x"}'
+    expect_error "later writes are refused with 507 too" 507
+    req GET "/v1/get_fast/$acked"
+    full_value "$acked"
+    check "reads still answer, with the right bytes" bash -c "[ '$CODE' = 200 ] && cmp -s '$TMP/body' '$TMP/val'"
+    check "/metrics counts the 507s" bash -c "curl -s '$BASE/metrics' | grep -q 'route=\"put_fast\",code=\"507\"} 1'"
+    stop_server TERM
+    start_server "$FULL/db"
+    lost=0
+    for i in $(seq 1 "$acked"); do
+        full_value "$i"
+        req GET "/v1/get_fast/$i"
+        if [ "$CODE" != 200 ] || ! cmp -s "$TMP/body" "$TMP/val"; then lost=$((lost + 1)); fi
+    done
+    expect "after a restart on the still-full disk every acknowledged put reads back" 0 "$lost"
+    stop_server TERM
+    umount "$FULL" && FULL_MOUNTED=0
+else
+    echo "skip - cannot mount a tmpfs here (needs root); the full-disk answers not checked"
+fi
 
 section "defaults: 127.0.0.1:3030 and ./data; make run's command line"
 # Run from an empty directory so that the default ./data is ours to check.

@@ -27,7 +27,8 @@
 enum { EXIT_NOTFOUND = 1, EXIT_USAGE = 2, EXIT_IO = 3 };
 
 /* The exit code for a library status (KV_NOTFOUND -> 1, -n -> 3 + n), after
- * printing "kyro: WHAT: <kv_strerror>" to stderr. */
+ * printing "kyro: WHAT: <kv_strerror>" to stderr (for KV_EIO on the open
+ * database, followed by ": <strerror(kv_errno)>"). */
 int cli_lib_error(const char *what, int rc);
 /* Print "kyro: ..." to stderr. */
 void cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

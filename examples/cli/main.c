@@ -61,9 +61,16 @@ void cli_err(const char *fmt, ...)
     fputc('\n', stderr);
 }
 
+/* The open database, so that an I/O error can name its errno. */
+static kv_db *open_handle;
+
 int cli_lib_error(const char *what, int rc)
 {
-    cli_err("%s: %s", what, kv_strerror(rc));
+    int err = rc == KV_EIO && open_handle ? kv_errno(open_handle) : 0;
+    if (err != 0)
+        cli_err("%s: %s: %s", what, kv_strerror(rc), strerror(err));
+    else
+        cli_err("%s: %s", what, kv_strerror(rc));
     if (rc == KV_NOTFOUND)
         return EXIT_NOTFOUND;
     if (rc >= 0)
@@ -463,6 +470,7 @@ static int open_db(cli *c, open_mode mode)
         snprintf(what, sizeof what, "cannot open %s", c->dir);
         return cli_lib_error(what, rc);
     }
+    open_handle = c->db;
     return 0;
 }
 
@@ -626,6 +634,7 @@ int main(int argc, char **argv)
         if (code == 0)
             code = EXIT_IO;
     }
+    open_handle = NULL; /* kv_close frees it, failing or not */
     rc = kv_close(c.db);
     if (rc != KV_OK && code == 0)
         code = cli_lib_error("close", rc);

@@ -122,6 +122,7 @@ static const char *reason_for(int code)
     case 429: return "Too Many Requests";
     case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
+    case 507: return "Insufficient Storage";
     default: return NULL; /* evhttp's own table */
     }
 }
@@ -398,10 +399,13 @@ static void send_error(rq *r, int code, const char *msg)
     send_reply(r, code, "application/json");
 }
 
-/* A library status that is not KV_OK/KV_NOTFOUND, as an HTTP answer. */
+/* A library status that is not KV_OK/KV_NOTFOUND, as an HTTP answer. An I/O
+ * error names its errno, so a client can tell a full disk (507) from a
+ * failing one. */
 static void send_kv_error(rq *r, int rc)
 {
     int code = 500;
+    char msg[160];
 
     if (rc == KV_ETOOBIG)
         code = 413;
@@ -409,7 +413,14 @@ static void send_kv_error(rq *r, int rc)
         code = 503;
     else if (rc == KV_EINVAL)
         code = 400;
-    send_error(r, code, kv_strerror(rc));
+    int err = rc == KV_EIO ? kv_errno(r->w->srv->db) : 0;
+    if (err == ENOSPC || err == EDQUOT)
+        code = 507;
+    if (err != 0)
+        snprintf(msg, sizeof msg, "%s: %s", kv_strerror(rc), strerror(err));
+    else
+        snprintf(msg, sizeof msg, "%s", kv_strerror(rc));
+    send_error(r, code, msg);
 }
 
 static void send_json(rq *r, int code)

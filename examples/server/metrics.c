@@ -32,7 +32,7 @@ const char *const route_names[ROUTE_COUNT] = {
 };
 
 static const int codes[METRICS_CODES - 1] = {200, 201, 204, 400, 401, 403, 404, 405,
-                                             408, 411, 413, 414, 429, 500, 503};
+                                             408, 411, 413, 414, 429, 500, 503, 507};
 
 /* Upper bounds of the request latency buckets, in nanoseconds. */
 static const uint64_t lat_bounds_ns[METRICS_LAT_BUCKETS] = {

@@ -119,7 +119,7 @@ typedef enum {
 
 extern const char *const route_names[ROUTE_COUNT];
 
-#define METRICS_CODES 16      /* distinct status codes tracked, the last is "other" */
+#define METRICS_CODES 17      /* distinct status codes tracked, the last is "other" */
 #define METRICS_LAT_BUCKETS 16 /* finite latency buckets; one more for +Inf */
 
 /* One per worker thread, written only by that thread (relaxed atomic stores,
