@@ -62,6 +62,11 @@ enum {
 const char *kv_strerror(int rc);
 /* The errno behind the latest KV_EIO on this handle, 0 if none (or db NULL). */
 int kv_errno(const kv_db *db);
+/* Whether the handle takes writes, without attempting one: KV_OK;
+ * KV_EREADONLY if it was opened KV_READONLY; KV_EIO once a failed log write
+ * or sync has made it refuse every write (kv_errno names the errno; reopen
+ * to write again); KV_EINVAL if db is NULL. Takes no lock; any thread. */
+int kv_write_status(const kv_db *db);
 
 /* ---- Options -------------------------------------------------------- */
 

@@ -68,13 +68,18 @@ int db_io_error(kv_db *db, int neg_errno)
     return KV_EIO;
 }
 
-/* The WAL failed: refuse every later write (a failed fsync is never
- * retried, the pages it covered may be gone). */
+/* The WAL failed, or a logged write could not be applied in memory:
+ * refuse every later write (a failed fsync is never retried, the pages it
+ * covered may be gone). */
 static int db_fail(kv_db *db, int rc, int err)
 {
     atomic_store(&db->failed, 1);
+    /* Every later write says KV_EIO, so kv_errno must name a cause even
+     * when this failure was not an I/O error (memory for the buffer). */
     if (rc == KV_EIO)
         atomic_store(&db->last_errno, err ? err : EIO);
+    else
+        atomic_store(&db->last_errno, rc == KV_ENOMEM ? ENOMEM : EIO);
     return rc;
 }
 
@@ -1248,6 +1253,15 @@ int kv_close(kv_db *db)
 int kv_errno(const kv_db *db)
 {
     return db ? atomic_load(&((kv_db *)db)->last_errno) : 0;
+}
+
+int kv_write_status(const kv_db *db)
+{
+    if (!db)
+        return KV_EINVAL;
+    if (db->readonly)
+        return KV_EREADONLY;
+    return atomic_load(&((kv_db *)db)->failed) ? KV_EIO : KV_OK;
 }
 
 int kv_stats_get(kv_db *db, kv_stats *out)

@@ -251,6 +251,7 @@ static void test_strerror(void **state)
         }
     }
     assert_int_equal(kv_errno(NULL), 0);
+    assert_int_equal(kv_write_status(NULL), KV_EINVAL);
 }
 
 static void test_options_init(void **state)
@@ -1270,6 +1271,7 @@ static void test_readonly(void **state)
     assert_true(st.keys == m.n);
 
     const char v[8] = "1234567";
+    TU_RC(kv_write_status(db), KV_EREADONLY);
     TU_RC(kv_put(db, 1, v, 7), KV_EREADONLY);
     TU_RC(kv_put(db, 0, v, 0), KV_EREADONLY);
     TU_RC(kv_delete(db, 0), KV_EREADONLY);

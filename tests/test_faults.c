@@ -502,6 +502,22 @@ static int do_write(kv_db *db, const wl_step *s, kv_batch *b)
     }
 }
 
+/* kv_write_status must foretell a refusal and report one: a handle that
+ * says KV_EIO refuses the write, and one that failed a write says KV_EIO
+ * after it (a failed fold or snapshot may fail the handle between the two
+ * calls, so KV_OK before says nothing about the write). */
+static void write_status_agrees(kv_db *db, int before, int rc, int w)
+{
+    if (before != KV_OK && before != KV_EIO)
+        violation("kv_write_status before write #%d = %s", w, kv_strerror(before));
+    if (before == KV_EIO && rc != KV_EIO)
+        violation("write #%d = %s after kv_write_status said KV_EIO", w, kv_strerror(rc));
+    int after = kv_write_status(db);
+    if (rc == KV_EIO && after != KV_EIO)
+        violation("kv_write_status after write #%d failed = %s, want KV_EIO", w,
+                  kv_strerror(after));
+}
+
 /* ---- A read state and the prefix check ------------------------------- */
 
 typedef struct {
@@ -760,10 +776,12 @@ static void run_workload(outcome *o, crashed_fn power)
         switch (s->type) {
         case ST_PUT:
         case ST_DEL:
-        case ST_BATCH:
+        case ST_BATCH: {
+            int before = kv_write_status(db);
             rc = do_write(db, s, b);
             if (!documented(db, rc))
                 violation("write #%d = %s (kv_errno %d)", w, kv_strerror(rc), kv_errno(db));
+            write_status_agrees(db, before, rc, w);
             if (rc == KV_OK) {
                 o->n_acked = w + 1;
                 if (sync_mode == KV_SYNC_FULL)
@@ -774,6 +792,7 @@ static void run_workload(outcome *o, crashed_fn power)
             }
             w++;
             break;
+        }
         case ST_SYNC:
         case ST_SNAPSHOT:
         case ST_COMPACT:
@@ -843,6 +862,9 @@ static void run_workload(outcome *o, crashed_fn power)
         rc = kv_sync(db);
         if (rc != KV_EIO)
             violation("kv_sync after a failed write/sync = %s, want KV_EIO", kv_strerror(rc));
+        if (kv_write_status(db) != KV_EIO)
+            violation("kv_write_status after a failed write/sync = %s, want KV_EIO",
+                      kv_strerror(kv_write_status(db)));
         if (rc == KV_EIO && !errno_names_cause(db))
             violation("KV_EIO with kv_errno %d after a failed write/sync (want %d)", kv_errno(db),
                       S.want_errno);
@@ -1375,6 +1397,7 @@ static void failed_append(int way)
     assert_int_equal(kv_open(db_dir, &opt, &db), KV_OK);
     assert_int_equal(kv_put(db, 1, "synced", 6), KV_OK);
     assert_int_equal(kv_sync(db), KV_OK);
+    assert_int_equal(kv_write_status(db), KV_OK);
 
     size_t vlen = way == 0 ? (size_t)2 << 20 : 4000;
     uint8_t *v = malloc(vlen);
@@ -1392,6 +1415,7 @@ static void failed_append(int way)
     assert_int_equal(atomic_load(&big_write_failed), 1);
     assert_int_equal(rc, KV_EIO);
     assert_int_equal(kv_errno(db), ENOSPC);
+    assert_int_equal(kv_write_status(db), KV_EIO);
     assert_int_equal(kv_put(db, 5000, "x", 1), KV_EIO);
     assert_int_equal(kv_errno(db), ENOSPC);
     char buf[16];
@@ -1403,6 +1427,7 @@ static void failed_append(int way)
     assert_int_equal(kv_get(db, 1, buf, sizeof buf, &len), KV_OK);
     assert_memory_equal(buf, "synced", 6);
     assert_int_equal(kv_get(db, 5000, buf, sizeof buf, &len), KV_NOTFOUND);
+    assert_int_equal(kv_write_status(db), KV_OK);
     assert_int_equal(kv_put(db, 5000, "x", 1), KV_OK);
     assert_int_equal(kv_close(db), KV_OK);
 }

@@ -358,6 +358,7 @@ assert samples["kyrodb_puts_total"][0][1] >= 14, samples["kyrodb_puts_total"]
 assert samples["kyrodb_snapshots_total"][0][1] >= 1
 assert samples["kyrodb_snapshot_duration_seconds_count"][0][1] >= 1
 assert samples["kyrodb_rmi_rebuilds_total"][0][1] >= 1
+assert samples["kyrodb_writable"][0][1] == 1, samples["kyrodb_writable"]
 # buckets are cumulative and end in +Inf == _count
 for h in [n[:-len("_bucket")] for n in samples if n.endswith("_bucket")]:
     series = {}
@@ -721,6 +722,10 @@ if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=4m kyro-test-full "$FULL" 2>/dev
     full_value "$acked"
     check "reads still answer, with the right bytes" bash -c "[ '$CODE' = 200 ] && cmp -s '$TMP/body' '$TMP/val'"
     check "/metrics counts the 507s" bash -c "curl -s '$BASE/metrics' | grep -q 'route=\"put_fast\",code=\"507\"} 1'"
+    expect "/metrics says the database is not writable" 0 "$(metric kyrodb_writable)"
+    req GET /health
+    expect "/health is 503 once writes are refused" 503 "$CODE"
+    expect "/health names the cause" '{"status":"refusing writes","error":"I/O error: No space left on device"}' "$(body)"
     stop_server TERM
     start_server "$FULL/db"
     lost=0
@@ -730,6 +735,8 @@ if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=4m kyro-test-full "$FULL" 2>/dev
         if [ "$CODE" != 200 ] || ! cmp -s "$TMP/body" "$TMP/val"; then lost=$((lost + 1)); fi
     done
     expect "after a restart on the still-full disk every acknowledged put reads back" 0 "$lost"
+    req GET /health
+    expect "the restarted server is healthy until a write fails" 200 "$CODE"
     stop_server TERM
     umount "$FULL" && FULL_MOUNTED=0
 else

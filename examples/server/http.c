@@ -767,6 +767,28 @@ static void h_metrics(rq *r)
     send_reply(r, 200, "text/plain; version=0.0.4; charset=utf-8");
 }
 
+/* 200 while the database takes writes; 503 once a failed log write has
+ * made it refuse them (reads still work, a restart reopens it), so that a
+ * supervisor's health check sees what a writer would. */
+static void h_health(rq *r)
+{
+    struct evbuffer *o = evhttp_request_get_output_buffer(r->req);
+    kv_db *db = r->w->srv->db;
+
+    if (kv_write_status(db) != KV_EIO) {
+        evbuffer_add_printf(o, "{\"status\":\"ok\"}\n");
+        send_json(r, 200);
+        return;
+    }
+    char msg[160];
+    int err = kv_errno(db);
+    snprintf(msg, sizeof msg, "%s: %s", kv_strerror(KV_EIO), err ? strerror(err) : "unknown errno");
+    evbuffer_add_printf(o, "{\"status\":\"refusing writes\",\"error\":\"");
+    json_escape(o, msg, strlen(msg));
+    evbuffer_add(o, "\"}\n", 3);
+    send_json(r, 503);
+}
+
 static void h_build_info(rq *r)
 {
     struct evbuffer *o = evhttp_request_get_output_buffer(r->req);
@@ -940,10 +962,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     case ROUTE_COMPACT:
     case ROUTE_RMI_BUILD:
     case ROUTE_WARMUP: h_admin(&r); break;
-    case ROUTE_HEALTH:
-        evbuffer_add_printf(evhttp_request_get_output_buffer(req), "{\"status\":\"ok\"}\n");
-        send_json(&r, 200);
-        break;
+    case ROUTE_HEALTH: h_health(&r); break;
     case ROUTE_METRICS: h_metrics(&r); break;
     case ROUTE_BUILD_INFO: h_build_info(&r); break;
     default: send_error(&r, 404, "no such endpoint"); break;

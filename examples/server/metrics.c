@@ -307,6 +307,9 @@ int metrics_render(metrics *m, kv_db *db, struct evbuffer *o)
     u64_metric(o, "kyrodb_http_auth_failures_total", "counter", "Requests refused with 401 (missing or wrong bearer token).",
                atomic_load(&m->auth_failed));
 
+    u64_metric(o, "kyrodb_writable", "gauge",
+               "1 while the database takes writes, 0 once a failed log write or sync has made it refuse them.",
+               kv_write_status(db) == KV_OK);
     u64_metric(o, "kyrodb_keys", "gauge", "Live keys.", st.keys);
     u64_metric(o, "kyrodb_gets_total", "counter", "Point reads since the database was opened.", st.gets);
     u64_metric(o, "kyrodb_puts_total", "counter", "Puts since the database was opened.", st.puts);
