@@ -106,7 +106,8 @@ void kv_options_init(kv_options *opts);
  * Returns KV_NOTFOUND if dir is missing and KV_CREATE is not set, KV_EBUSY if
  * another handle (in any process) has it open for writing, KV_ECORRUPT for a
  * damaged snapshot, manifest or WAL (KV_RECOVER keeps a WAL's valid prefix),
- * KV_EVERSION for files of an unknown format version.
+ * KV_EVERSION for files of an unknown format version. On KV_EIO, errno holds
+ * the errno of the failed call (there is no handle to ask kv_errno).
  */
 int kv_open(const char *dir, const kv_options *opts, kv_db **out);
 

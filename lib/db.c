@@ -851,13 +851,18 @@ int kv_open(const char *dir, const kv_options *opts, kv_db **out)
     atomic_store(&db->recovery_ns, db_now_ns() - t0);
     *out = db;
     return KV_OK;
-fail:
+fail:;
+    /* No handle is left to ask kv_errno, so a KV_EIO leaves its errno in
+     * errno, set after the cleanup that could overwrite it. */
+    int cause = atomic_load(&db->last_errno);
     free(wal_ids);
     if (b)
         buf_free(b);
     ver_buf_unref(active);
     run_unref(base);
     db_destroy(db);
+    if (rc == KV_EIO)
+        errno = cause ? cause : EIO;
     return rc;
 }
 

@@ -445,6 +445,10 @@ if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=4m kyro-test-cli-full "$TMP/full
     check "and says why" err_has "put: I/O error: No space left on device"
     run "$TMP/full/db" get 1
     check "what was put before reads back" cmp -s "$TMP/out" "$TMP/v1500k"
+    cat /dev/zero >"$TMP/full/filler" 2>/dev/null || true # the last free blocks
+    run "$TMP/full/fresh" put 9 x
+    expect "creating a database on the full disk exits 6 (KV_EIO)" 6 "$RC"
+    check "and the open names the errno" err_has "cannot open $TMP/full/fresh: I/O error: No space left on device"
     umount "$TMP/full" && FULL_MOUNTED=0
 else
     echo "skip - cannot mount a tmpfs here (needs root); the full-disk message not checked"

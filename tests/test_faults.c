@@ -463,13 +463,17 @@ static int errno_names_cause(kv_db *db)
     return S.want_errno ? e == S.want_errno : e != 0;
 }
 
-/* KV_OK or a documented error; kv_errno must name the cause of a KV_EIO. */
+/* KV_OK or a documented error; kv_errno, or for a failed kv_open (db NULL,
+ * called right after it) errno, must name the cause of a KV_EIO. */
 static int documented(kv_db *db, int rc)
 {
+    int open_errno = errno;
     if (rc == KV_OK || rc == KV_ENOMEM)
         return 1;
+    if (rc == KV_EIO && db == NULL)
+        return S.want_errno ? open_errno == S.want_errno : open_errno != 0;
     if (rc == KV_EIO)
-        return db == NULL || errno_names_cause(db);
+        return errno_names_cause(db);
     return 0;
 }
 
@@ -763,7 +767,7 @@ static void run_workload(outcome *o, crashed_fn power)
     int rc = kv_open(db_dir, &opt, &db);
     if (rc != KV_OK) {
         if (!documented(NULL, rc))
-            violation("kv_open = %s", kv_strerror(rc));
+            violation("kv_open = %s (errno %d)", kv_strerror(rc), errno);
         kv_batch_free(b);
         return;
     }
@@ -835,7 +839,7 @@ static void run_workload(outcome *o, crashed_fn power)
             rc = kv_open(db_dir, &opt, &db);
             if (rc != KV_OK) {
                 if (!documented(NULL, rc))
-                    violation("kv_open (reopen) = %s", kv_strerror(rc));
+                    violation("kv_open (reopen) = %s (errno %d)", kv_strerror(rc), errno);
                 kv_batch_free(b);
                 return;
             }

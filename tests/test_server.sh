@@ -738,6 +738,11 @@ if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=4m kyro-test-full "$FULL" 2>/dev
     req GET /health
     expect "the restarted server is healthy until a write fails" 200 "$CODE"
     stop_server TERM
+    cat /dev/zero >"$FULL/filler" 2>/dev/null || true # the last free blocks
+    rc=0
+    "$SERVER" serve 127.0.0.1 "$(free_port)" --data "$FULL/fresh" 2>"$TMP/openerr" || rc=$?
+    expect "a server that cannot create its database on the full disk exits 1" 1 "$rc"
+    check "and logs the errno" grep -q "cannot open database $FULL/fresh: I/O error: No space left on device" "$TMP/openerr"
     umount "$FULL" && FULL_MOUNTED=0
 else
     echo "skip - cannot mount a tmpfs here (needs root); the full-disk answers not checked"

@@ -64,9 +64,9 @@ void cli_err(const char *fmt, ...)
 /* The open database, so that an I/O error can name its errno. */
 static kv_db *open_handle;
 
-int cli_lib_error(const char *what, int rc)
+/* err: the errno behind a KV_EIO, 0 if unknown. */
+static int lib_error_errno(const char *what, int rc, int err)
 {
-    int err = rc == KV_EIO && open_handle ? kv_errno(open_handle) : 0;
     if (err != 0)
         cli_err("%s: %s: %s", what, kv_strerror(rc), strerror(err));
     else
@@ -76,6 +76,11 @@ int cli_lib_error(const char *what, int rc)
     if (rc >= 0)
         return EXIT_IO;
     return -rc > 100 ? 103 : 3 - rc;
+}
+
+int cli_lib_error(const char *what, int rc)
+{
+    return lib_error_errno(what, rc, rc == KV_EIO && open_handle ? kv_errno(open_handle) : 0);
 }
 
 int cli_parse_u64(const char *s, uint64_t *out)
@@ -461,6 +466,7 @@ static int open_db(cli *c, open_mode mode)
     kv_options_init(&o);
     o.flags = mode == OPEN_RO ? KV_READONLY : mode == OPEN_CREATE ? KV_CREATE : 0;
     rc = kv_open(c->dir, &o, &c->db);
+    int open_errno = errno; /* kv_open's KV_EIO leaves its cause there */
     if (rc == KV_NOTFOUND) {
         cli_err("%s: no database here", c->dir);
         return EXIT_NOTFOUND;
@@ -468,7 +474,7 @@ static int open_db(cli *c, open_mode mode)
     if (rc != KV_OK) {
         char what[512];
         snprintf(what, sizeof what, "cannot open %s", c->dir);
-        return cli_lib_error(what, rc);
+        return lib_error_errno(what, rc, rc == KV_EIO ? open_errno : 0);
     }
     open_handle = c->db;
     return 0;
