@@ -47,6 +47,12 @@
 /* Freed blocks stay pooled for the next fold while folds keep coming; after
  * this long without one they go back to the system. */
 #define POOL_IDLE_NS ((uint64_t)1000000000u)
+/* After a failed automatic snapshot (a disk with room for log appends but
+ * not for the whole state) the next one waits this long, doubling per
+ * failure up to the cap: each attempt rewrites the state until the disk
+ * says no, and leaves one more small WAL behind until one succeeds. */
+#define SNAP_BACKOFF_MIN_NS ((uint64_t)2000000000u)
+#define SNAP_BACKOFF_MAX_NS ((uint64_t)300 * 1000000000u)
 
 static uint64_t get_le64(const uint8_t *p)
 {
@@ -1182,6 +1188,7 @@ static void *bg_main(void *arg)
     uint64_t now = db_now_ns();
     uint64_t next_sync = now + (uint64_t)db->opts.sync_interval_ms * 1000000u;
     uint64_t next_snap = now + (uint64_t)db->opts.auto_snapshot_secs * 1000000000u;
+    uint64_t snap_backoff = 0, snap_retry_at = 0; /* see SNAP_BACKOFF_MIN_NS */
     uint64_t tick_ms = 100;
     if (db->opts.sync == KV_SYNC_NORMAL && db->opts.sync_interval_ms < tick_ms)
         tick_ms = db->opts.sync_interval_ms;
@@ -1214,8 +1221,16 @@ static void *bg_main(void *arg)
                 snap = 1;
                 next_snap = now + (uint64_t)db->opts.auto_snapshot_secs * 1000000000u;
             }
-            if (snap && !atomic_load(&db->failed))
-                snapshot_locked(db, 0);
+            if (snap && now >= snap_retry_at && !atomic_load(&db->failed)) {
+                if (snapshot_locked(db, 0) == KV_OK) {
+                    snap_backoff = 0;
+                } else {
+                    snap_backoff = snap_backoff ? snap_backoff * 2 : SNAP_BACKOFF_MIN_NS;
+                    if (snap_backoff > SNAP_BACKOFF_MAX_NS)
+                        snap_backoff = SNAP_BACKOFF_MAX_NS;
+                    snap_retry_at = db_now_ns() + snap_backoff;
+                }
+            }
             pthread_mutex_unlock(&db->maint);
         }
         ver_reclaim(&db->vd);

@@ -61,6 +61,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -1448,6 +1449,72 @@ static void test_failed_buffer_write_names_errno(void **state)
     failed_append(1);
 }
 
+/* A disk with room for log appends but not for a snapshot: the automatic
+ * snapshot fails every time it opens its file. */
+static atomic_int snap_opens;
+
+static int snap_full_hook(void *ctx, os_op op, const char *path, int fd, size_t len)
+{
+    (void)ctx, (void)fd, (void)len;
+    if (op != OS_OPEN || !path || strncmp(base_name(path), "snap-", 5) != 0)
+        return 0;
+    atomic_fetch_add(&snap_opens, 1);
+    return -ENOSPC;
+}
+
+static int wal_files(void)
+{
+    DIR *d = opendir(db_dir);
+    assert_non_null(d);
+    struct dirent *e;
+    int n = 0;
+    while ((e = readdir(d)) != NULL)
+        n += strncmp(e->d_name, "wal-", 4) == 0;
+    closedir(d);
+    return n;
+}
+
+/* Failed automatic snapshots back off (1 s period: attempts at about 1 and
+ * 3 s, not every second) and leave the handle writable; an explicit
+ * snapshot then succeeds and retires the WALs the failures left. */
+static void test_failing_auto_snapshot_backs_off(void **state)
+{
+    (void)state;
+    kv_options opt;
+    kv_options_init(&opt);
+    opt.auto_snapshot_secs = 1;
+    opt.wal_max_bytes = 0;
+    fresh_dirs();
+    atomic_store(&snap_opens, 0);
+    os_set_fault_hook(snap_full_hook, NULL);
+    kv_db *db;
+    assert_int_equal(kv_open(db_dir, &opt, &db), KV_OK);
+    for (uint64_t k = 1; k <= 100; k++)
+        assert_int_equal(kv_put(db, k, &k, sizeof k), KV_OK);
+    struct timespec wait = {4, 500000000};
+    while (nanosleep(&wait, &wait) != 0 && errno == EINTR)
+        ;
+    int attempts = atomic_load(&snap_opens);
+    assert_in_range(attempts, 1, 2);
+    assert_int_equal(kv_write_status(db), KV_OK);
+    uint64_t k = 101;
+    assert_int_equal(kv_put(db, k, &k, sizeof k), KV_OK);
+    assert_int_equal(wal_files(), 1 + attempts); /* each failure rotated the log */
+
+    os_set_fault_hook(NULL, NULL);
+    assert_int_equal(kv_snapshot(db), KV_OK);
+    assert_int_equal(wal_files(), 1);
+    assert_int_equal(kv_close(db), KV_OK);
+    assert_int_equal(kv_open(db_dir, &opt, &db), KV_OK);
+    for (k = 1; k <= 101; k++) {
+        uint64_t got;
+        size_t len;
+        assert_int_equal(kv_get(db, k, &got, sizeof got, &len), KV_OK);
+        assert_int_equal(got, k);
+    }
+    assert_int_equal(kv_close(db), KV_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1458,6 +1525,7 @@ int main(void)
         cmocka_unit_test(test_power_loss_sweep),
         cmocka_unit_test(test_failed_direct_append_names_errno),
         cmocka_unit_test(test_failed_buffer_write_names_errno),
+        cmocka_unit_test(test_failing_auto_snapshot_backs_off),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
