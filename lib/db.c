@@ -50,7 +50,8 @@
 /* After a failed automatic snapshot (a disk with room for log appends but
  * not for the whole state) the next one waits this long, doubling per
  * failure up to the cap: each attempt rewrites the state until the disk
- * says no, and leaves one more small WAL behind until one succeeds. */
+ * says no and, if anything was written since the last, leaves one more
+ * small WAL behind until one succeeds. */
 #define SNAP_BACKOFF_MIN_NS ((uint64_t)2000000000u)
 #define SNAP_BACKOFF_MAX_NS ((uint64_t)300 * 1000000000u)
 
@@ -988,8 +989,9 @@ int kv_rebuild_index(kv_db *db)
 
 /*
  * Write the whole state as a new snapshot and retire the WALs it covers.
- * Steps: freeze the buffer and start a new WAL (the old one synced first);
- * fold; write the snapshot file; point the manifest at it and the new WAL;
+ * Steps: freeze the buffer and start a new WAL (the old one synced first;
+ * a retry of a failed snapshot with nothing written since keeps the empty
+ * WAL that one started); fold; write the snapshot file; point the manifest at it and the new WAL;
  * delete what the manifest no longer names; serve reads from the new file
  * so the heap copies of values are freed. A failure before the manifest is
  * replaced leaves the previous snapshot and every WAL in place.
@@ -1011,23 +1013,31 @@ static int snapshot_locked(kv_db *db, int force)
         pthread_mutex_unlock(&db->wlock);
         return db_fail(db, KV_EIO, err);
     }
-    uint64_t wal_id = db->man.next_id++, snap_id = db->man.next_id++;
-    wal *nw;
-    manifest_wal_name(wal_id, name);
-    rc = wal_create(db->dir, name, last + 1, &nw);
-    if (rc != KV_OK) {
-        pthread_mutex_unlock(&db->wlock);
-        return rc == KV_EIO ? db_io_error(db, -wal_last_errno()) : rc;
+    uint64_t wal_id = db->wal->id;
+    int retry_same_wal = wal_id != db->man.wal_id && wal_id == db->snap_wal_id &&
+                         last == db->snap_wal_after;
+    if (!retry_same_wal) {
+        wal_id = db->man.next_id++;
+        wal *nw;
+        manifest_wal_name(wal_id, name);
+        rc = wal_create(db->dir, name, last + 1, &nw);
+        if (rc != KV_OK) {
+            pthread_mutex_unlock(&db->wlock);
+            return rc == KV_EIO ? db_io_error(db, -wal_last_errno()) : rc;
+        }
+        db_wal *dw = db_wal_new(db, nw, wal_id);
+        if (!dw) {
+            wal_close(nw);
+            pthread_mutex_unlock(&db->wlock);
+            return KV_ENOMEM;
+        }
+        dw->older = db->wal;
+        db->wal = dw;
+        free_idle_wals(db);
+        db->snap_wal_id = wal_id;
+        db->snap_wal_after = last;
     }
-    db_wal *dw = db_wal_new(db, nw, wal_id);
-    if (!dw) {
-        wal_close(nw);
-        pthread_mutex_unlock(&db->wlock);
-        return KV_ENOMEM;
-    }
-    dw->older = db->wal;
-    db->wal = dw;
-    free_idle_wals(db);
+    uint64_t snap_id = db->man.next_id++;
     uint64_t frozen_seq = last;
     if (buf_writes(ver_current(&db->vd)->active->b) != 0)
         rc = freeze_active(db, &frozen_seq);

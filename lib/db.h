@@ -46,6 +46,10 @@ struct kv_db {
 
     /* Maintenance (folds, snapshots, compaction) is serialised by maint. */
     pthread_mutex_t maint;
+    /* The WAL the latest snapshot started and the seq it starts after: if
+     * that snapshot failed and nothing was written since, the retry takes
+     * the same (empty) WAL instead of leaving one more behind. */
+    uint64_t snap_wal_id, snap_wal_after;
     uint64_t fold_threshold;
     atomic_uint_fast64_t rebuilds, snapshots, compactions;
     atomic_uint_fast64_t last_rebuild_ns, last_snapshot_ns, recovery_ns;
