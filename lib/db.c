@@ -991,10 +991,11 @@ int kv_rebuild_index(kv_db *db)
  * Write the whole state as a new snapshot and retire the WALs it covers.
  * Steps: freeze the buffer and start a new WAL (the old one synced first;
  * a retry of a failed snapshot with nothing written since keeps the empty
- * WAL that one started); fold; write the snapshot file; point the manifest at it and the new WAL;
- * delete what the manifest no longer names; serve reads from the new file
- * so the heap copies of values are freed. A failure before the manifest is
- * replaced leaves the previous snapshot and every WAL in place.
+ * WAL that one started); fold; write the snapshot file; point the manifest
+ * at it and the new WAL; delete what the manifest no longer names; serve
+ * reads from the new file so the heap copies of values are freed. A
+ * failure before the manifest is replaced leaves the previous snapshot and
+ * every WAL in place.
  */
 static int snapshot_locked(kv_db *db, int force)
 {

@@ -399,6 +399,15 @@ static void send_error(rq *r, int code, const char *msg)
     send_reply(r, code, "application/json");
 }
 
+/* The message for a library status: with the errno behind it, if any. */
+static void kv_error_text(char *msg, size_t cap, int rc, int err)
+{
+    if (err != 0)
+        snprintf(msg, cap, "%s: %s", kv_strerror(rc), strerror(err));
+    else
+        snprintf(msg, cap, "%s", kv_strerror(rc));
+}
+
 /* A library status that is not KV_OK/KV_NOTFOUND, as an HTTP answer. An I/O
  * error names its errno, so a client can tell a full disk (507) from a
  * failing one. */
@@ -416,10 +425,7 @@ static void send_kv_error(rq *r, int rc)
     int err = rc == KV_EIO ? kv_errno(r->w->srv->db) : 0;
     if (err == ENOSPC || err == EDQUOT)
         code = 507;
-    if (err != 0)
-        snprintf(msg, sizeof msg, "%s: %s", kv_strerror(rc), strerror(err));
-    else
-        snprintf(msg, sizeof msg, "%s", kv_strerror(rc));
+    kv_error_text(msg, sizeof msg, rc, err);
     send_error(r, code, msg);
 }
 
@@ -781,8 +787,7 @@ static void h_health(rq *r)
         return;
     }
     char msg[160];
-    int err = kv_errno(db);
-    snprintf(msg, sizeof msg, "%s: %s", kv_strerror(KV_EIO), err ? strerror(err) : "unknown errno");
+    kv_error_text(msg, sizeof msg, KV_EIO, kv_errno(db));
     evbuffer_add_printf(o, "{\"status\":\"refusing writes\",\"error\":\"");
     json_escape(o, msg, strlen(msg));
     evbuffer_add(o, "\"}\n", 3);
