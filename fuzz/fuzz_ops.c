@@ -2,10 +2,10 @@
  * fuzz_ops.c — the whole database against a reference map.
  *
  * The input is a program: each byte group is one operation (put, overwrite,
- * delete, batch, get, get_alloc, scan, view, rebuild, snapshot, compact,
- * sync, stats, reopen, read-only reopen) on a real database in a scratch
- * directory (KV_SYNC_OFF, a tiny rebuild_appends so background folds race
- * with the operations). A plain array of (key, value) is the reference;
+ * delete, batch, get, get_alloc, scan, view (with get_many), rebuild,
+ * snapshot, compact, sync, stats, reopen, read-only reopen) on a real
+ * database in a scratch directory (KV_SYNC_OFF, a tiny rebuild_appends so
+ * background folds race with the operations). A plain array of (key, value) is the reference;
  * every read is compared with it and any difference, or any unexpected
  * status, aborts. Each input starts from an empty directory and is bounded:
  * at most 200 operations, values up to 64 bytes.
@@ -398,6 +398,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             else
                 CHECK(rc == KV_NOTFOUND, "view sees a key put after it opened (%s)",
                       kv_strerror(rc));
+            /* One kv_view_get_many of the view's keys, the new key and
+             * one more: each answer is the view's. */
+            static uint64_t many_keys[MAX_REF + 2];
+            static const void *many_vals[MAX_REF + 2];
+            static size_t many_lens[MAX_REF + 2];
+            static int many_rcs[MAX_REF + 2];
+            size_t m = 0;
+            for (size_t i = 0; i < n; i++)
+                many_keys[m++] = frozen[i].key;
+            many_keys[m++] = key;
+            many_keys[m++] = take_key(&r);
+            RC(kv_view_get_many(v, m, many_keys, many_vals, many_lens, many_rcs), KV_OK);
+            for (size_t j = 0; j < m; j++) {
+                old = NULL;
+                for (size_t i = 0; i < n; i++)
+                    if (frozen[i].key == many_keys[j])
+                        old = &frozen[i];
+                if (old)
+                    CHECK(many_rcs[j] == KV_OK && many_lens[j] == old->len &&
+                              (old->len == 0 || memcmp(many_vals[j], old->val, old->len) == 0),
+                          "get_many entry %zu: wrong answer (%s)", j, kv_strerror(many_rcs[j]));
+                else
+                    CHECK(many_rcs[j] == KV_NOTFOUND, "get_many entry %zu: key not in the view (%s)",
+                          j, kv_strerror(many_rcs[j]));
+            }
             kv_iter *it;
             RC(kv_view_iter_open(v, 0, UINT64_MAX, &it), KV_OK);
             check_iter(it, 0, UINT64_MAX, frozen, n);

@@ -169,6 +169,14 @@ int kv_view_open(kv_db *db, kv_view **out);
 /* Zero-copy: *val points into memory valid and unchanged until
  * kv_view_close. *val may be NULL for a 0-byte value. */
 int kv_view_get(kv_view *v, uint64_t key, const void **val, size_t *len);
+/* n gets on one view at once: rcs[i] gets what kv_view_get(v, keys[i],
+ * &vals[i], &lens[i]) returns (KV_OK or KV_NOTFOUND), and vals[i] and
+ * lens[i] what it sets them to. The lookups are interleaved, so their
+ * cache misses overlap: for keys spread over a large database it answers
+ * sooner than n calls of kv_view_get. KV_OK, or KV_EINVAL (v NULL, or an
+ * array NULL with n > 0: nothing is written). */
+int kv_view_get_many(kv_view *v, size_t n, const uint64_t *keys, const void **vals, size_t *lens,
+                     int *rcs);
 void kv_view_close(kv_view *v);
 
 typedef struct kv_iter kv_iter;

@@ -65,6 +65,18 @@ struct kv_db {
     int bg_kick;
 };
 
+/* The newest state of key in v's write buffers at seq (buf_get's answer):
+ * the active buffer, unless nothing in it is visible at seq, then the
+ * frozen one. */
+static inline __attribute__((always_inline)) int
+db_buffers_get(const ver *v, uint64_t seq, uint64_t key, const void **val, size_t *len)
+{
+    int s = seq > v->active_from ? buf_get(v->active->b, key, seq, val, len) : BUF_ABSENT;
+    if (s == BUF_ABSENT && v->frozen)
+        s = buf_get(v->frozen->b, key, seq, val, len);
+    return s;
+}
+
 /* Newest state of key as seen through version v at sequence seq, newest
  * layer first; the get is counted on stripe st (the caller's own, its
  * ver_hold's). Forced inline, like everything below it on a get (see
@@ -72,9 +84,7 @@ struct kv_db {
 static inline __attribute__((always_inline)) int
 db_lookup(const ver *v, uint64_t seq, uint64_t key, const void **val, size_t *len, ver_stripe *st)
 {
-    int s = seq > v->active_from ? buf_get(v->active->b, key, seq, val, len) : BUF_ABSENT;
-    if (s == BUF_ABSENT && v->frozen)
-        s = buf_get(v->frozen->b, key, seq, val, len);
+    int s = db_buffers_get(v, seq, key, val, len);
     if (s != BUF_ABSENT) {
         ver_stat_add(st, &st->buffer_gets, 1);
         return s == BUF_VALUE ? KV_OK : KV_NOTFOUND;

@@ -102,6 +102,60 @@ int kv_view_get(kv_view *vw, uint64_t key, const void **val, size_t *len)
     return db_lookup(vw->v, vw->seq, key, val, len, st);
 }
 
+/* The base answers the group's keys that no buffer does, all at once. */
+int kv_view_get_many(kv_view *vw, size_t n, const uint64_t *keys, const void **vals, size_t *lens,
+                     int *rcs)
+{
+    if (!vw || (n && (!keys || !vals || !lens || !rcs)))
+        return KV_EINVAL;
+    const ver *v = vw->v;
+    int buffered = vw->seq > v->active_from || v->frozen;
+    uint64_t probed = 0, fallbacks = 0, lookups = 0, buffer_gets = 0;
+    for (size_t at = 0; at < n; at += RMI_GROUP) {
+        size_t cnt = n - at < RMI_GROUP ? n - at : RMI_GROUP;
+        size_t missed;
+        if (!buffered) {
+            probed += run_get_group(v->base, cnt, keys + at, vals + at, lens + at, rcs + at, &missed);
+            fallbacks += missed;
+            lookups += cnt;
+            continue;
+        }
+        uint64_t q[RMI_GROUP];
+        size_t to[RMI_GROUP], m = 0;
+        for (size_t i = at; i < at + cnt; i++) {
+            int s = db_buffers_get(v, vw->seq, keys[i], &vals[i], &lens[i]);
+            if (s == BUF_ABSENT) {
+                to[m] = i;
+                q[m++] = keys[i];
+            } else {
+                rcs[i] = s == BUF_VALUE ? KV_OK : KV_NOTFOUND;
+                buffer_gets++;
+            }
+        }
+        if (!m)
+            continue;
+        const void *qv[RMI_GROUP];
+        size_t ql[RMI_GROUP];
+        int qr[RMI_GROUP];
+        probed += run_get_group(v->base, m, q, qv, ql, qr, &missed);
+        fallbacks += missed;
+        lookups += m;
+        for (size_t j = 0; j < m; j++) {
+            rcs[to[j]] = qr[j];
+            if (qr[j] == KV_OK) {
+                vals[to[j]] = qv[j];
+                lens[to[j]] = ql[j];
+            }
+        }
+    }
+    ver_stripe *st = ver_my_stripe(&vw->db->vd);
+    ver_stat_add(st, &st->buffer_gets, buffer_gets);
+    ver_stat_add(st, &st->lookups, lookups);
+    ver_stat_add(st, &st->probed, probed);
+    ver_stat_add(st, &st->fallbacks, fallbacks);
+    return KV_OK;
+}
+
 void kv_view_close(kv_view *vw)
 {
     if (!vw)

@@ -611,6 +611,56 @@ void rmi_prefetch(const rmi *m, const uint64_t *keys, uint64_t key)
     rmi_prefetch_keys(keys, lo, hi);
 }
 
+/* Leaves up to this size are taken to stay in a core's cache. */
+#define RMI_NEAR_LEAVES_BYTES (512u * 1024)
+
+/* Start loading [p, p + len) (len >= 1), line by line. */
+static void rmi_prefetch_span(uintptr_t p, size_t len)
+{
+    for (uintptr_t line = p & ~(uintptr_t)63; line < p + len; line += 64)
+        __builtin_prefetch((const void *)line);
+}
+
+size_t rmi_find_group(const rmi *m, const uint64_t *keys, size_t cnt, const uint64_t *q,
+                      size_t *pos, const void *side, size_t stride, size_t *fallbacks)
+{
+    const rmi_leaf *leaf[RMI_GROUP];
+    size_t lo[RMI_GROUP], hi[RMI_GROUP], probed = 0, missed = 0;
+    /* A leaf is 24 bytes, its end the next leaf's start: two lines at most.
+     * Worth loading ahead only when the leaves are unlikely to be in cache
+     * (measured with bench/getmany: 17 % more gets a second at 20M keys,
+     * 3 MB of leaves; 5 % fewer at 2M keys, 290 KB). */
+    if (m->nleaves * sizeof *m->leaves > RMI_NEAR_LEAVES_BYTES) {
+        for (size_t i = 0; i < cnt; i++) {
+            leaf[i] = &m->leaves[rmi_root(m, q[i])];
+            rmi_prefetch_span((uintptr_t)leaf[i], 2 * sizeof *leaf[i]);
+        }
+    } else {
+        for (size_t i = 0; i < cnt; i++)
+            leaf[i] = &m->leaves[rmi_root(m, q[i])];
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        rmi_window_in(leaf[i], q[i], &lo[i], &hi[i]);
+        rmi_prefetch_keys(keys, lo[i], hi[i]);
+    }
+    /* The side entry's first bytes are what its reader needs first: the
+     * head of a value, or all of a reference. Not before the probe: a
+     * prefetch at the predicted position often misses the entry's line,
+     * and absent keys have none, so the guess costs more than it saves. */
+    size_t span = stride < RMI_SIDE_SPAN / 2 ? stride : RMI_SIDE_SPAN / 2;
+    for (size_t i = 0; i < cnt; i++) {
+        int fallback;
+        size_t r = m->probe(keys, lo[i], hi[i], q[i]);
+        pos[i] = rmi_settle(keys, m->n, r, q[i], &fallback);
+        probed += hi[i] - lo[i];
+        missed += (size_t)fallback;
+        if (pos[i] != SIZE_MAX && span)
+            rmi_prefetch_span((uintptr_t)side + pos[i] * stride, span);
+    }
+    *fallbacks = missed;
+    return probed;
+}
+
 size_t rmi_lower_bound(const rmi *m, const uint64_t *keys, uint64_t key, size_t *probed,
                        int *fallback)
 {

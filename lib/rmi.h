@@ -165,12 +165,11 @@ static inline size_t rmi_err(uint32_t e)
     return e == RMI_EMASK ? SIZE_MAX : (size_t)e;
 }
 
-/* The search window [*lo, *hi) for key; its lower bound is in [*lo, *hi].
- * Returns the predicted position (lo when the window is empty). */
-static inline __attribute__((always_inline)) size_t rmi_window(const rmi *m, uint64_t key,
-                                                               size_t *lo, size_t *hi)
+/* The search window [*lo, *hi) for key in leaf lf; its lower bound is in
+ * [*lo, *hi]. Returns the predicted position (lo when the window is empty). */
+static inline __attribute__((always_inline)) size_t rmi_window_in(const rmi_leaf *lf, uint64_t key,
+                                                                  size_t *lo, size_t *hi)
 {
-    const rmi_leaf *lf = &m->leaves[rmi_root(m, key)];
     size_t a = rmi_start(lf), e = rmi_start(lf + 1);
     if (a >= e) {
         *lo = *hi = a;
@@ -181,6 +180,13 @@ static inline __attribute__((always_inline)) size_t rmi_window(const rmi *m, uin
     *lo = p - a > elo ? p - elo : a;
     *hi = e - p - 1 > ehi ? p + ehi + 1 : e;
     return p;
+}
+
+/* rmi_window_in for the leaf the root picks for key. */
+static inline __attribute__((always_inline)) size_t rmi_window(const rmi *m, uint64_t key,
+                                                               size_t *lo, size_t *hi)
+{
+    return rmi_window_in(&m->leaves[rmi_root(m, key)], key, lo, hi);
 }
 
 /* Start loading the keys a probe of [lo, hi) reads first: both ends. */
@@ -197,6 +203,24 @@ static inline void rmi_prefetch_keys(const uint64_t *keys, size_t lo, size_t hi)
 /* The lower bound of key, given a probe answer r that missed its window
  * (only a model loaded from bytes can miss): exponential search from r. */
 size_t rmi_widen(const uint64_t *keys, size_t n, size_t r, uint64_t key);
+
+/* The position of key given r, the probe's answer in its window: r when
+ * keys[r] is key, SIZE_MAX when r shows key absent, and otherwise (the
+ * window missed) the answer of an exponential search from r, with
+ * *fallback set. */
+static inline __attribute__((always_inline)) size_t rmi_settle(const uint64_t *keys, size_t n,
+                                                               size_t r, uint64_t key, int *fallback)
+{
+    *fallback = 0;
+    if (r < n && keys[r] == key) /* keys ascend strictly: r is the lower bound */
+        return r;
+    /* Absent if r is the lower bound: keys[r - 1] < key < keys[r]. */
+    if (__builtin_expect((r == 0 || keys[r - 1] < key) && (r == n || keys[r] > key), 1))
+        return SIZE_MAX;
+    *fallback = 1;
+    r = rmi_widen(keys, n, r, key);
+    return r < n && keys[r] == key ? r : SIZE_MAX;
+}
 
 /* Bytes of side prefetched around the middle of the predicted entry. */
 #define RMI_SIDE_SPAN 512u
@@ -226,17 +250,18 @@ rmi_find(const rmi *m, const uint64_t *keys, uint64_t key, const void *side, siz
 #pragma GCC unroll 16
     for (uintptr_t i = 0; i <= RMI_SIDE_SPAN / 64; i++)
         __builtin_prefetch((const void *)(line + 64 * i));
-    size_t r = m->probe(keys, lo, hi, key);
     *probed = hi - lo;
-    *fallback = 0;
-    if (r < n && keys[r] == key) /* keys ascend strictly: r is the lower bound */
-        return r;
-    /* Absent if r is the lower bound: keys[r - 1] < key < keys[r]. */
-    if (__builtin_expect((r == 0 || keys[r - 1] < key) && (r == n || keys[r] > key), 1))
-        return SIZE_MAX;
-    *fallback = 1;
-    r = rmi_widen(keys, n, r, key);
-    return r < n && keys[r] == key ? r : SIZE_MAX;
+    return rmi_settle(keys, n, m->probe(keys, lo, hi, key), key, fallback);
 }
+
+/* The find of up to RMI_GROUP keys at once: pos[i] gets rmi_find's answer
+ * for q[i]. Each stage starts the loads of every key before the next stage
+ * reads any of them (leaf, then window, then the side entry at the found
+ * position), so the misses of the whole group overlap instead of a few at
+ * a time. Returns the sum of the window widths; *fallbacks gets how many
+ * windows missed. */
+#define RMI_GROUP 16
+size_t rmi_find_group(const rmi *m, const uint64_t *keys, size_t cnt, const uint64_t *q,
+                      size_t *pos, const void *side, size_t stride, size_t *fallbacks);
 
 #endif

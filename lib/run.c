@@ -131,6 +131,31 @@ void run_set_fixed(run *r, uint32_t len)
     r->fixed_values = r->segs[0]->data;
 }
 
+size_t run_get_group(const run *r, size_t cnt, const uint64_t *q, const void **vals, size_t *lens,
+                     int *rcs, size_t *fallbacks)
+{
+    const void *side = r->fixed_values ? (const void *)r->fixed_values : (const void *)r->vrefs;
+    size_t stride = r->fixed_values ? r->fixed_len : sizeof *r->vrefs;
+    size_t pos[RMI_GROUP];
+    size_t probed = rmi_find_group(r->index, r->keys, cnt, q, pos, side, stride, fallbacks);
+    /* A reference's bytes were loading since the probe; start on the value
+     * it names before any value is handed out. */
+    if (!r->fixed_values) {
+        for (size_t i = 0; i < cnt; i++) {
+            if (pos[i] != SIZE_MAX) {
+                const run_vref *v = &r->vrefs[pos[i]];
+                __builtin_prefetch(r->segs[v->seg]->data + v->off);
+            }
+        }
+    }
+    for (size_t i = 0; i < cnt; i++) {
+        rcs[i] = pos[i] == SIZE_MAX ? KV_NOTFOUND : KV_OK;
+        if (pos[i] != SIZE_MAX)
+            vals[i] = run_value(r, pos[i], &lens[i]);
+    }
+    return probed;
+}
+
 uint64_t run_lower_bound(const run *r, uint64_t key)
 {
     return rmi_lower_bound(r->index, r->keys, key, NULL, NULL);

@@ -95,6 +95,12 @@ static inline void run_prefetch(const run *r, uint64_t key)
 {
     rmi_prefetch(r->index, r->keys, key);
 }
+/* run_get for cnt <= RMI_GROUP keys at once, their loads overlapped
+ * (rmi_find_group): rcs[i] gets KV_OK, with vals[i] and lens[i] set, or
+ * KV_NOTFOUND. Returns the sum of the window widths; *fallbacks gets how
+ * many windows missed. */
+size_t run_get_group(const run *r, size_t cnt, const uint64_t *q, const void **vals, size_t *lens,
+                     int *rcs, size_t *fallbacks);
 /* First position with keys[i] >= key. */
 uint64_t run_lower_bound(const run *r, uint64_t key);
 static inline const void *run_value(const run *r, uint64_t i, size_t *len)

@@ -484,6 +484,28 @@ static void test_null_arguments(void **state)
     TU_RC(kv_view_get(NULL, 1, &vp, &len), KV_EINVAL);
     TU_RC(kv_view_get(vw, 1, NULL, &len), KV_EINVAL);
     TU_RC(kv_view_get(vw, 1, &vp, NULL), KV_EINVAL);
+    uint64_t many_keys[2] = {1, 3};
+    const void *many_vals[2];
+    size_t many_lens[2];
+    int many_rcs[2] = {-1, -1};
+    TU_RC(kv_view_get_many(NULL, 2, many_keys, many_vals, many_lens, many_rcs), KV_EINVAL);
+    TU_RC(kv_view_get_many(vw, 2, NULL, many_vals, many_lens, many_rcs), KV_EINVAL);
+    TU_RC(kv_view_get_many(vw, 2, many_keys, NULL, many_lens, many_rcs), KV_EINVAL);
+    TU_RC(kv_view_get_many(vw, 2, many_keys, many_vals, NULL, many_rcs), KV_EINVAL);
+    TU_RC(kv_view_get_many(vw, 2, many_keys, many_vals, many_lens, NULL), KV_EINVAL);
+    assert_true(many_rcs[0] == -1 && many_rcs[1] == -1); /* nothing written */
+    TU_RC(kv_view_get_many(NULL, 0, NULL, NULL, NULL, NULL), KV_EINVAL);
+    TU_OK(kv_view_get_many(vw, 0, NULL, NULL, NULL, NULL));
+    TU_OK(kv_view_get_many(vw, 2, many_keys, many_vals, many_lens, many_rcs));
+    TU_RC(many_rcs[0], KV_OK);
+    TU_RC(many_rcs[1], KV_NOTFOUND);
+    for (int i = 0; i < 2; i++) {
+        const void *one;
+        size_t one_len;
+        assert_int_equal(many_rcs[i], kv_view_get(vw, many_keys[i], &one, &one_len));
+        if (many_rcs[i] == KV_OK)
+            assert_true(many_lens[i] == one_len && many_vals[i] == one);
+    }
 
     kv_iter *it = NULL;
     uint64_t key;
@@ -1828,12 +1850,47 @@ static void test_view_pins_snapshot(void **state)
 
 /* The learned index finds every key it was built on without leaving its
  * error window, and answers absent keys, over awkward key distributions. */
+/* kv_view_get_many over keys[0..cnt) (the values of test_index_distributions)
+ * and their successors, interleaved, in batches of 1 to 64 entries: each
+ * answer must be what sorted[0..cnt) says. */
+static void check_get_many(kv_db *db, const uint64_t *keys, const uint64_t *sorted, size_t cnt,
+                           const char *name)
+{
+    enum { BATCH_MAX = 64 };
+    uint64_t q[BATCH_MAX];
+    const void *vals[BATCH_MAX];
+    size_t lens[BATCH_MAX];
+    int rcs[BATCH_MAX];
+    kv_view *v;
+    TU_OK(kv_view_open(db, &v));
+    tu_rng r = tu_rng_seed(cnt);
+    size_t next = 0; /* entries asked for so far: keys[next / 2] (+ 1 if odd) */
+    while (next < 2 * cnt) {
+        size_t n = 1 + (size_t)tu_below(&r, BATCH_MAX);
+        if (n > 2 * cnt - next)
+            n = 2 * cnt - next;
+        for (size_t i = 0; i < n; i++)
+            q[i] = keys[(next + i) / 2] + ((next + i) & 1);
+        TU_OK(kv_view_get_many(v, n, q, vals, lens, rcs));
+        for (size_t i = 0; i < n; i++) {
+            bool present = bsearch(&q[i], sorted, cnt, sizeof *sorted, tu_cmp_u64) != NULL;
+            if (present ? rcs[i] != KV_OK || !tu_val_matches(vals[i], lens[i], q[i], 9, 8)
+                        : rcs[i] != KV_NOTFOUND)
+                fail_msg("%s: get_many of key %llu (%s) = %d (%s)%s", name,
+                         (unsigned long long)q[i], present ? "present" : "absent", rcs[i],
+                         kv_strerror(rcs[i]), rcs[i] == KV_OK ? " / wrong value" : "");
+        }
+        next += n;
+    }
+    kv_view_close(v);
+}
+
 static void test_index_distributions(void **state)
 {
     (void)state;
     const size_t n = tu_small() ? 20000 : 100000;
-    uint64_t *keys = malloc(n * sizeof *keys);
-    assert_non_null(keys);
+    uint64_t *keys = malloc(n * sizeof *keys), *sorted = malloc(n * sizeof *sorted);
+    assert_true(keys && sorted);
     static const char *const names[] = {"sequential", "uniform",   "clustered",
                                         "exponential", "near-max", "dense+outliers"};
     for (int dist = 0; dist < 6; dist++) {
@@ -1855,6 +1912,8 @@ static void test_index_distributions(void **state)
             }
             keys[cnt++] = k;
         }
+        memcpy(sorted, keys, cnt * sizeof *keys);
+        qsort(sorted, cnt, sizeof *sorted, tu_cmp_u64);
         kv_options o;
         kv_options_init(&o);
         o.sync = KV_SYNC_OFF;
@@ -1886,7 +1945,7 @@ static void test_index_distributions(void **state)
                 fail_msg("%s: keys %llu pending %llu models %llu", names[dist],
                          (unsigned long long)st.keys, (unsigned long long)st.pending_writes,
                          (unsigned long long)st.index_models);
-            uint64_t fb0 = st.index_fallbacks;
+            uint64_t fb0 = st.index_fallbacks, gets0 = st.gets;
             for (size_t i = 0; i < cnt; i++) {
                 uint8_t v[16];
                 size_t len = 0;
@@ -1896,11 +1955,15 @@ static void test_index_distributions(void **state)
                              phase ? "after reopen" : "after rebuild", i,
                              (unsigned long long)keys[i], rc, kv_strerror(rc));
             }
+            check_get_many(db, keys, sorted, cnt, names[dist]);
             TU_OK(kv_stats_get(db, &st));
             if (st.index_fallbacks != fb0)
                 fail_msg("%s (%s): %llu index fallbacks on keys the index was built on",
                          names[dist], phase ? "after reopen" : "after rebuild",
                          (unsigned long long)(st.index_fallbacks - fb0));
+            /* A get per key above, and two per key (itself and key + 1) in
+             * check_get_many. */
+            assert_int_equal(st.gets - gets0, 3 * cnt);
             /* Absent neighbours. */
             for (size_t i = 0; i < cnt; i += 7) {
                 for (int d = -1; d <= 1; d += 2) {
@@ -1936,6 +1999,7 @@ static void test_index_distributions(void **state)
         TU_OK(kv_close(db));
     }
     free(keys);
+    free(sorted);
 }
 
 /* ---- automatic background work ------------------------------------------------ */

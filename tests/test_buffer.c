@@ -15,6 +15,7 @@
 #include "buffer.h"
 #include "kyro.h"
 #include "version.h"
+#include "testutil.h"
 
 /* ---- Helpers ------------------------------------------------------- */
 
@@ -253,12 +254,6 @@ typedef struct {
     int tomb;
 } model_op;
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* Check b at max_seq s against the reference state (op index per key, -1 =
  * absent). keys[] is sorted. */
 static void model_check(const buf *b, const uint64_t *keys, size_t nk, const model_op *ops,
@@ -335,7 +330,7 @@ static void test_model(void **state)
         if (!dup)
             keys[n++] = k;
     }
-    qsort(keys, nk, sizeof *keys, cmp_u64);
+    qsort(keys, nk, sizeof *keys, tu_cmp_u64);
 
     buf *b;
     assert_int_equal(buf_new(&b), KV_OK);
@@ -385,7 +380,7 @@ static void test_model(void **state)
     /* Keys never written stay absent. */
     for (int i = 0; i < 1000; i++) {
         uint64_t k = rnd();
-        if (!bsearch(&k, keys, nk, sizeof *keys, cmp_u64))
+        if (!bsearch(&k, keys, nk, sizeof *keys, tu_cmp_u64))
             expect_state(b, k, UINT64_MAX, BUF_ABSENT);
     }
     buf_free(b);
@@ -508,7 +503,7 @@ static void test_iterate_many(void **state)
         for (size_t i = 0; i < n; i++)
             if (seqs[i] <= cut[c])
                 exp[ne++] = keys[i];
-        qsort(exp, ne, sizeof *exp, cmp_u64);
+        qsort(exp, ne, sizeof *exp, tu_cmp_u64);
         buf_iter it;
         buf_iter_seek(b, &it, 0, cut[c]);
         uint64_t key;
@@ -561,7 +556,7 @@ static void test_ascending_runs(void **state)
     }
     assert_int_equal(buf_keys(b), n);
     assert_int_equal(buf_validate(b), KV_OK);
-    qsort(keys, n, sizeof *keys, cmp_u64);
+    qsort(keys, n, sizeof *keys, tu_cmp_u64);
     buf_iter it;
     buf_iter_seek(b, &it, 0, UINT64_MAX);
     uint64_t k;
@@ -614,7 +609,7 @@ static void test_deferred_order(void **state)
     assert_int_equal(buf_validate(b), KV_OK);
     assert_int_equal(buf_finish_order(b), KV_OK);
     assert_int_equal(buf_finish_order(b), KV_OK); /* once is enough */
-    qsort(keys, n, sizeof *keys, cmp_u64);
+    qsort(keys, n, sizeof *keys, tu_cmp_u64);
     assert_int_equal(buf_validate(b), KV_OK);
     buf_iter it;
     buf_iter_seek(b, &it, 0, UINT64_MAX);
@@ -864,7 +859,7 @@ static void test_enomem(void **state)
             if (st[k] >= 0)
                 sorted[live++] = key;
         }
-        qsort(sorted, live, sizeof *sorted, cmp_u64);
+        qsort(sorted, live, sizeof *sorted, tu_cmp_u64);
         buf_iter it;
         buf_iter_seek(b, &it, 0, UINT64_MAX);
         uint64_t key;

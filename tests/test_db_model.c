@@ -240,7 +240,39 @@ static void check_stats(ctx *c)
         MFAIL(c, "stats.keys = %llu, model has %zu keys", (unsigned long long)st.keys, c->m.n);
 }
 
-/* Every key, some absent ones, and a full scan. */
+/* Every key through kv_view_get_many on a new view, in key order, in
+ * batches of random sizes. */
+static void check_all_many(ctx *c)
+{
+    enum { BATCH_MAX = 100 };
+    uint64_t keys[BATCH_MAX];
+    const void *vals[BATCH_MAX];
+    size_t lens[BATCH_MAX];
+    int rcs[BATCH_MAX];
+    kv_view *v;
+    MRC(c, kv_view_open(c->db, &v), KV_OK);
+    for (size_t at = 0; at < c->m.n;) {
+        size_t n = 1 + (size_t)tu_below(&c->r, BATCH_MAX);
+        if (n > c->m.n - at)
+            n = c->m.n - at;
+        for (size_t i = 0; i < n; i++)
+            keys[i] = c->m.e[at + i].key;
+        MRC(c, kv_view_get_many(v, n, keys, vals, lens, rcs), KV_OK);
+        for (size_t i = 0; i < n; i++) {
+            const tu_ent *e = &c->m.e[at + i];
+            if (rcs[i] != KV_OK || !tu_val_matches(vals[i], lens[i], e->key, e->tag, e->len))
+                MFAIL(c, "full check: get_many of key %llu = %d (%s) / wrong value; expected tag "
+                         "%llu, %zu bytes",
+                      (unsigned long long)e->key, rcs[i], kv_strerror(rcs[i]),
+                      (unsigned long long)e->tag, e->len);
+        }
+        at += n;
+    }
+    kv_view_close(v);
+}
+
+/* Every key (one get at a time and in batches), some absent ones, and a
+ * full scan. */
 static void check_all(ctx *c)
 {
     for (size_t i = 0; i < c->m.n; i++) {
@@ -256,6 +288,7 @@ static void check_all(ctx *c)
                   (unsigned long long)e->key, len, (unsigned long long)e->tag, e->len);
         kv_free(p);
     }
+    check_all_many(c);
     for (int i = 0; i < 50; i++)
         check_get(c, fresh_key(c));
     check_scan(c, 0, UINT64_MAX);
@@ -292,6 +325,38 @@ static void view_open(ctx *c)
     c->n_view++;
 }
 
+/* kv_view_get_many on n keys of the view's model and picked ones (absent,
+ * edge keys, repeats), in one call: each answer must be the model's. */
+#define MANY_MAX 40
+static void view_check_many(ctx *c, kv_view *v, const tu_model *m, const char *what)
+{
+    uint64_t keys[MANY_MAX] = {0}; /* n may be 0 */
+    const void *vals[MANY_MAX];
+    size_t lens[MANY_MAX];
+    int rcs[MANY_MAX];
+    size_t n = (size_t)tu_below(&c->r, MANY_MAX + 1);
+    for (size_t i = 0; i < n; i++) {
+        if (i && tu_chance(&c->r, 50))
+            keys[i] = keys[tu_below(&c->r, i)];
+        else if (m->n && tu_chance(&c->r, 600))
+            keys[i] = m->e[tu_below(&c->r, m->n)].key;
+        else
+            keys[i] = pick_key(c);
+    }
+    MRC(c, kv_view_get_many(v, n, keys, vals, lens, rcs), KV_OK);
+    for (size_t i = 0; i < n; i++) {
+        const tu_ent *e = tu_model_find(m, keys[i]);
+        if (!e && rcs[i] != KV_NOTFOUND)
+            MFAIL(c, "%s: get_many entry %zu of %zu: key %llu should be absent, got %d (%s)", what,
+                  i, n, (unsigned long long)keys[i], rcs[i], kv_strerror(rcs[i]));
+        if (e && (rcs[i] != KV_OK || !tu_val_matches(vals[i], lens[i], e->key, e->tag, e->len)))
+            MFAIL(c, "%s: get_many entry %zu of %zu: key %llu = %d (%s) / wrong value; expected "
+                     "tag %llu, %zu bytes",
+                  what, i, n, (unsigned long long)keys[i], rcs[i], kv_strerror(rcs[i]),
+                  (unsigned long long)e->tag, e->len);
+    }
+}
+
 /* Check view i: pinned bytes, some or all keys, a scan; full closes it. */
 static void view_check(ctx *c, size_t i, bool full)
 {
@@ -324,6 +389,7 @@ static void view_check(ctx *c, size_t i, bool full)
             MFAIL(c, "view opened at step %zu: key %llu should be absent, got %d (%s)",
                   s->opened_at, (unsigned long long)k, rc, kv_strerror(rc));
     }
+    view_check_many(c, s->v, &s->m, "view");
     uint64_t lo = 0, hi = UINT64_MAX;
     if (!full) {
         lo = pick_key(c);

@@ -26,7 +26,9 @@
  *     view or iterator sees all main keys with one generation and the shadow
  *     keys all present (same tag) or all absent accordingly;
  *   - scans in a view are ascending, unique and agree with kv_view_get, and
- *     the zero-copy pointers of a view keep their bytes until it is closed.
+ *     the zero-copy pointers of a view keep their bytes until it is closed;
+ *   - a view's tracked keys read in one kv_view_get_many pass the same
+ *     checks as those read one kv_view_get at a time.
  *
  * Afterwards every key is compared with the writer's final state, before and
  * after a reopen. The group-commit test runs 4 threads of KV_SYNC_FULL puts
@@ -424,10 +426,22 @@ static void reader_view(reader_t *rd)
         const void *val[NTRK];
         size_t len[NTRK];
         uint64_t floor = rd->maxg[w];
-        for (unsigned i = 0; i < NTRK; i++) {
-            rc = kv_view_get(v, trk_key(w, i), &val[i], &len[i]);
+        /* Half the time in one kv_view_get_many, which must agree. */
+        int many_rcs[NTRK], many = tu_chance(&rd->r, 500);
+        if (many) {
+            uint64_t keys[NTRK];
+            for (unsigned i = 0; i < NTRK; i++)
+                keys[i] = trk_key(w, i);
+            rc = kv_view_get_many(v, NTRK, keys, val, len, many_rcs);
             if (rc != KV_OK) {
-                failf("reader %u: kv_view_get(%llu) = %d", rd->id,
+                failf("reader %u: kv_view_get_many = %d", rd->id, rc);
+                goto out;
+            }
+        }
+        for (unsigned i = 0; i < NTRK; i++) {
+            rc = many ? many_rcs[i] : kv_view_get(v, trk_key(w, i), &val[i], &len[i]);
+            if (rc != KV_OK) {
+                failf("reader %u: %s(%llu) = %d", rd->id, many ? "kv_view_get_many" : "kv_view_get",
                       (unsigned long long)trk_key(w, i), rc);
                 goto out;
             }

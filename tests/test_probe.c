@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "probe.h"
+#include "testutil.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
 static uint64_t rnd(void)
@@ -49,12 +50,6 @@ static size_t kernels(kernel *k)
     return n;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 /* n strictly ascending keys: 0 and UINT64_MAX at the ends, values on both
  * sides of 2^63 (where a signed compare goes wrong), runs of consecutive
  * integers (where an off-by-one shows) and wide gaps. */
@@ -82,7 +77,7 @@ static uint64_t *make_keys(size_t n)
     k[0] = 0;
     k[n - 1] = UINT64_MAX;
     for (;;) { /* sort, drop duplicates, refill the tail, until n distinct */
-        qsort(k, n, sizeof *k, cmp_u64);
+        qsort(k, n, sizeof *k, tu_cmp_u64);
         size_t u = 1;
         for (size_t i = 1; i < n; i++)
             if (k[i] != k[u - 1])

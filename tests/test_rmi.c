@@ -12,6 +12,7 @@
 
 #include "kyro.h"
 #include "rmi.h"
+#include "testutil.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static uint64_t rnd(void)
@@ -54,15 +55,9 @@ static size_t ref_lower_bound(const uint64_t *keys, size_t n, uint64_t key)
     return lo;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return x < y ? -1 : x > y;
-}
-
 static size_t sort_unique(uint64_t *k, size_t n)
 {
-    qsort(k, n, sizeof *k, cmp_u64);
+    qsort(k, n, sizeof *k, tu_cmp_u64);
     size_t u = 0;
     for (size_t i = 0; i < n; i++)
         if (u == 0 || k[u - 1] != k[i])
@@ -157,6 +152,48 @@ static void check_absent(const rmi *m, const uint64_t *keys, size_t n, uint64_t 
                  (unsigned long long)rmi_max_error(m));
 }
 
+/* rmi_find_group on groups of 1 to RMI_GROUP keys (every key in order, and
+ * random keys, neighbours and repeats) answers as rmi_find does key by
+ * key, with the same window widths and fallbacks in total. The side array
+ * is the keys themselves, read at 8 and at 24 bytes a position. */
+static void check_groups(const rmi *m, const uint64_t *keys, size_t n)
+{
+    uint64_t q[RMI_GROUP];
+    size_t pos[RMI_GROUP];
+    size_t total = n + 4000;
+    for (size_t at = 0; at < total;) {
+        size_t cnt = 1 + rnd() % RMI_GROUP;
+        for (size_t i = 0; i < cnt; i++) {
+            size_t t = at + i;
+            if (t < n)
+                q[i] = keys[t];
+            else if (i && rnd() % 8 == 0)
+                q[i] = q[rnd() % i];
+            else if (n && rnd() % 2)
+                q[i] = keys[rnd() % n] + rnd() % 3 - 1;
+            else
+                q[i] = rnd();
+        }
+        size_t stride = (at / RMI_GROUP) % 2 ? 3 * sizeof *keys : sizeof *keys;
+        size_t fallbacks = SIZE_MAX, want_probed = 0, want_fallbacks = 0;
+        size_t probed = rmi_find_group(m, keys, cnt, q, pos, keys, stride, &fallbacks);
+        for (size_t i = 0; i < cnt; i++) {
+            size_t w;
+            int fb;
+            size_t want = rmi_find(m, keys, q[i], keys, stride, &w, &fb);
+            want_probed += w;
+            want_fallbacks += (size_t)fb;
+            if (pos[i] != want)
+                fail_msg("rmi_find_group entry %zu of %zu, key %llu: got %zu, rmi_find %zu", i,
+                         cnt, (unsigned long long)q[i], pos[i], want);
+        }
+        if (probed != want_probed || fallbacks != want_fallbacks)
+            fail_msg("rmi_find_group: probed %zu fallbacks %zu, rmi_find %zu and %zu", probed,
+                     fallbacks, want_probed, want_fallbacks);
+        at += cnt;
+    }
+}
+
 /* Every key at its index, every neighbour of every key and random keys at
  * their lower bound, all without a fallback and within max_error. */
 static void check_model(const rmi *m, const uint64_t *keys, size_t n)
@@ -189,6 +226,7 @@ static void check_model(const rmi *m, const uint64_t *keys, size_t n)
     if (n > 0)
         for (int t = 0; t < 20000; t++) /* near the data */
             check_absent(m, keys, n, keys[rnd() % n] + rnd() % 1024 - 512);
+    check_groups(m, keys, n);
 }
 
 /* Lookups that must be right, fallbacks allowed (a model that may be wrong). */
@@ -212,6 +250,7 @@ static void check_answers(const rmi *m, const uint64_t *keys, size_t n, int quer
         assert_true(fb == 0 || fb == 1);
         check_find(m, keys, key, want < n && keys[want] == key ? want : SIZE_MAX, -1);
     }
+    check_groups(m, keys, n);
 }
 
 static uint8_t *serialize(const rmi *m, size_t *len)

@@ -199,6 +199,13 @@ static inline uint64_t tu_range(tu_rng *r, uint64_t lo, uint64_t hi)
     return lo + tu_below(r, hi - lo + 1);
 }
 
+/* qsort and bsearch order for uint64_t keys. */
+static inline int tu_cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
 /* True with probability per_mille / 1000. */
 static inline bool tu_chance(tu_rng *r, unsigned per_mille)
 {
