@@ -97,7 +97,8 @@ COMPARE_LIBS := -llmdb -lrocksdb -lleveldb -lsqlite3
 # What `make bench` runs, one program per entry, in order. Append with
 # BENCH_RUN += $(BUILD)/bench/NAME; arguments for one program go in
 # BENCH_ARGS_NAME (e.g. make bench BENCH_ARGS_kvbench='-n 500000').
-BENCH_RUN := $(BUILD)/bench/kvbench $(BUILD)/bench/index_bench $(BUILD)/bench/compare
+BENCH_RUN := $(BUILD)/bench/kvbench $(BUILD)/bench/index_bench $(BUILD)/bench/compare \
+	$(BUILD)/bench/getmany
 # Every round's rate on compare's progress lines (stderr), so a run that
 # misses a target shows which rounds were slow and on which CPU.
 BENCH_ARGS_compare ?= --rounds

@@ -1,16 +1,21 @@
 /*
  * benchutil.h — what every C benchmark in bench/ shares: the key generator,
  * the clock, a value pattern checkable from its key, sorted-array helpers
- * for the baselines, and a pointer chase that measures memory latency.
- * Header-only (static functions).
+ * for the baselines, a pointer chase that measures memory latency, and the
+ * argument and temporary-directory chores. Header-only (static functions).
  */
 #ifndef KYRO_BENCHUTIL_H
 #define KYRO_BENCHUTIL_H
 
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static inline uint64_t splitmix64(uint64_t *s)
 {
@@ -96,6 +101,36 @@ static inline uint64_t chase(const uint64_t *block, uint64_t p, long steps)
     for (long i = 0; i < steps; i++)
         p = block[p];
     return p;
+}
+
+/* A whole decimal number: 1 with *out set, or 0 (NULL, empty, other text). */
+static inline int parse_u64(const char *s, uint64_t *out)
+{
+    char *end;
+    if (s == NULL || *s < '0' || *s > '9')
+        return 0;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (*end != '\0' || (v == ULLONG_MAX && errno == ERANGE))
+        return 0;
+    *out = v;
+    return 1;
+}
+
+/* Remove a benchmark's temporary database directory (flat: files only). */
+static inline void remove_dir(const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    if (d) {
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            unlinkat(dirfd(d), e->d_name, 0);
+        }
+        closedir(d);
+    }
+    rmdir(dir);
 }
 
 #endif
