@@ -102,7 +102,9 @@ int kv_view_get(kv_view *vw, uint64_t key, const void **val, size_t *len)
     return db_lookup(vw->v, vw->seq, key, val, len, st);
 }
 
-/* The base answers the group's keys that no buffer does, all at once. */
+/* RMI_GROUP keys at a time: the write buffers answer those they hold, a
+ * hash probe per key, and the base the rest of the group in one
+ * run_get_group. The statistics are added once per call. */
 int kv_view_get_many(kv_view *vw, size_t n, const uint64_t *keys, const void **vals, size_t *lens,
                      int *rcs)
 {
