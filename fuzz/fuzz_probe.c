@@ -10,7 +10,7 @@
  * fallback on the keys it was built on; its serialised form must load back
  * and answer the same; and any bytes rmi_deserialize accepts (a raw slice of
  * the input, or the real model with input-chosen bytes flipped) must still
- * give correct answers. The key array is allocated to its exact length so
+ * give correct answers, one key at a time and in groups (rmi_find_group). The key array is allocated to its exact length so
  * any read past it is caught by AddressSanitizer. Any mismatch aborts.
  *
  * Input: [mode u8][n u16][start u64][lo u16][hi u16][qidx u16][qraw u64]
@@ -117,6 +117,34 @@ static void check_model(const rmi *m, const uint64_t *keys, size_t n, uint64_t q
         size_t got = rmi_lower_bound(m, keys, extra[j], NULL, NULL);
         CHECK(got == want, "%s: lower_bound(%llx) = %zu, want %zu", what,
               (unsigned long long)extra[j], got, want);
+    }
+    /* The grouped find: every key, its successor and the extras, in groups
+     * of 1 + q % RMI_GROUP; each answer is the key's position or SIZE_MAX,
+     * and a model built on the keys never falls back. */
+    uint64_t group[RMI_GROUP];
+    size_t pos[RMI_GROUP], cnt = 0, fallbacks, size = 1 + (size_t)(q % RMI_GROUP);
+    size_t total = 2 * n + sizeof extra / sizeof extra[0];
+    for (size_t t = 0; t < total; t++) {
+        group[cnt++] = t < 2 * n ? keys[t / 2] + (t & 1) : extra[t - 2 * n];
+        if (cnt < size && t + 1 < total)
+            continue;
+        rmi_find_group(m, keys, cnt, group, pos, keys, sizeof *keys, &fallbacks);
+        for (size_t i = 0; i < cnt; i++) {
+            /* Known without a search for the keys and their successors
+             * (keys ascend strictly; UINT64_MAX + 1 wraps to 0). */
+            size_t at = t + 1 - cnt + i, lb;
+            if (at < 2 * n && !(at & 1))
+                lb = at / 2;
+            else if (at < 2 * n)
+                lb = group[i] == 0 ? 0 : at / 2 + 1;
+            else
+                lb = ref_lb(keys, 0, n, group[i]);
+            size_t want = lb < n && keys[lb] == group[i] ? lb : SIZE_MAX;
+            CHECK(pos[i] == want, "%s: find_group(%llx) = %zu, want %zu", what,
+                  (unsigned long long)group[i], pos[i], want);
+        }
+        CHECK(!strict || fallbacks == 0, "%s: find_group fell back %zu times", what, fallbacks);
+        cnt = 0;
     }
 }
 
