@@ -2009,12 +2009,8 @@ static void usage(const char *prog)
 
 static uint64_t parse_num(const char *prog, const char *s)
 {
-    char *end;
-    unsigned long long v;
-    if (s == NULL)
-        usage(prog);
-    v = strtoull(s, &end, 10);
-    if (*s == '\0' || *end != '\0')
+    uint64_t v;
+    if (!parse_u64(s, &v))
         usage(prog);
     return v;
 }

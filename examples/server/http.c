@@ -399,8 +399,7 @@ static void send_error(rq *r, int code, const char *msg)
     send_reply(r, code, "application/json");
 }
 
-/* The message for a library status: with the errno behind it, if any. */
-static void kv_error_text(char *msg, size_t cap, int rc, int err)
+void kv_error_text(char *msg, size_t cap, int rc, int err)
 {
     if (err != 0)
         snprintf(msg, cap, "%s: %s", kv_strerror(rc), strerror(err));

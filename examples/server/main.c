@@ -390,9 +390,10 @@ int main(int argc, char **argv)
     srv.start_ns = now_ns();
     rc = kv_open(srv.cfg.data_dir, &srv.cfg.opts, &srv.db);
     if (rc != KV_OK) {
-        int open_errno = errno; /* kv_open's KV_EIO leaves its cause there */
-        LOGE("cannot open database %s: %s%s%s", srv.cfg.data_dir, kv_strerror(rc),
-             rc == KV_EIO ? ": " : "", rc == KV_EIO ? strerror(open_errno) : "");
+        char msg[160];
+        /* kv_open's KV_EIO leaves its cause in errno */
+        kv_error_text(msg, sizeof msg, rc, rc == KV_EIO ? errno : 0);
+        LOGE("cannot open database %s: %s", srv.cfg.data_dir, msg);
         freeaddrinfo(ai);
         return 1;
     }

@@ -175,6 +175,9 @@ typedef struct server {
 } server;
 
 uint64_t now_ns(void); /* CLOCK_MONOTONIC in nanoseconds */
+/* The message for a library status rc (http.c): kv_strerror(rc), followed
+ * by strerror(err) when err, the errno behind it, is not 0. */
+void kv_error_text(char *msg, size_t cap, int rc, int err);
 
 /* Facts fixed at build time (main.c): the git commit comes from
  * -DKYRODB_GIT_COMMIT="..." when the build passes it, else "unknown"; the
